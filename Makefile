@@ -1,0 +1,88 @@
+# derta: the two commands a newcomer needs are `make test` and `make run`.
+#
+#   make venv         .venv from pyproject.toml + constraints.txt (no-op when up to date); dvc init
+#   make run          the whole pipeline: dvc repro (MLflow store: sqlite:///mlflow.db)
+#   make test         pytest (PYTEST_ARGS="-k loss -x" to narrow); fails when pytest fails
+#   make lint         hadolint on both Dockerfiles
+#   make seeds        multi-seed runs (python -m steps.seeds $(SEEDS_ARGS))
+#   make ui           MLflow UI on http://127.0.0.1:5000
+#   make constraints  re-pin constraints.txt from the current .venv
+#   make clean        tracking stores, caches, test artifacts (keeps .venv and DVC's cache)
+#   make distclean    clean + .venv
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+DVC := $(VENV)/bin/dvc
+STAMP := $(VENV)/.stamp
+
+PYTEST_ARGS ?=
+SEEDS_ARGS ?=
+
+# Every recipe runs offline-friendly and quiet; the tracking store defaults to a
+# SQLite file in the repo (override: make run MLFLOW_TRACKING_URI=http://...).
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export TOKENIZERS_PARALLELISM := false
+MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+export MLFLOW_TRACKING_URI
+# Stage commands in dvc.yaml call `python`: the venv's.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: help venv run test lint seeds ui constraints clean distclean
+
+help:
+	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
+
+# torch is pinned in pyproject.toml and constraints.txt (the CPU build), so pip
+# never resolves a CUDA build here; the GPU image swaps it (docker/Dockerfile.gpu).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# dvc init stages .dvc/config, .dvc/.gitignore and .dvcignore in git (commit them).
+.dvc/config: | $(STAMP)
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then $(DVC) init -q; else $(DVC) init -q --no-scm; fi
+	$(DVC) config core.analytics false
+
+venv: $(STAMP) .dvc/config
+
+# The MLflow store is created once up front: two stages creating it at once race on the schema.
+run: venv
+	$(VPY) -c "import mlflow; mlflow.set_tracking_uri('$(MLFLOW_TRACKING_URI)'); mlflow.search_experiments()"
+	$(DVC) repro
+
+# PREFECT_HOME and the MLflow store live in a temp dir so tests touch nothing in the repo.
+test: venv
+	home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
+	PREFECT_HOME="$$home/prefect" MLFLOW_TRACKING_URI="sqlite:///$$home/mlflow.db" \
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/hadolint Dockerfile docker/Dockerfile.gpu
+
+# Multi-seed runs of the pipeline (steps/seeds.py), e.g. make seeds SEEDS_ARGS="--seeds 0 1 2"
+seeds: venv
+	$(VPY) -m steps.seeds $(SEEDS_ARGS)
+
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+constraints: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(VPY) -m pip freeze --exclude-editable; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	touch $(STAMP)
+
+clean:
+	rm -rf mlflow.db mlflow.db-* mlruns mlartifacts .pytest_cache test-artifacts .prefect .dvc/tmp build dist
+	find . \( -path ./$(VENV) -o -path ./.git \) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV)

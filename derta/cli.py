@@ -1,0 +1,171 @@
+"""``derta``: the command-line entry point (``[project.scripts] derta``).
+
+    derta attacks [--json]            the attack registry (name, box, doc)
+    derta judges [--json]             the judge registry
+    derta judge --attack A --responses F [--judge J]   ASR of a responses file (one JSON line)
+    derta judge-devset [--judge J]    judge agreement with the Appendix C dev set
+    derta bench BENCH ...             micro-benchmarks (one JSON line each)
+    derta world --out DIR [--seed N]  write the synthetic mini-world (stage ``source``)
+    derta config [STEP]               the fields, defaults and help of a step config
+
+Every module behind a subcommand is imported only when that subcommand runs
+(CONVENTIONS 12), so ``derta --help`` stays fast. ``judge``, ``judge-devset``
+and ``bench`` register their own flags; their parsers are built only when
+argv names them. Bad input or config (:class:`DataError`, :class:`ConfigError`)
+prints one ``error:`` line on stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# `derta config NAME` -> "module:Class" of a StepConfig (imported on use).
+STEP_CONFIGS: dict[str, str] = {
+    "source": "steps.source:SourceConfig",
+    "miniworld": "derta.miniworld:MiniWorldConfig",
+    "release": "derta.release:ReleaseConfig",
+    "synthesize": "derta.variants:SynthesizeConfig",
+    "tokenizer": "derta.modeling:TokenizerConfig",
+    "model": "derta.modeling:ModelConfig",
+    "train": "derta.train:TrainConfig",
+    "lora": "derta.train:LoraConfig",
+    "generate": "derta.generate:GenerationConfig",
+    "llm": "derta.llm:LLMConfig",
+    "gate": "derta.validate:GateConfig",
+}
+
+# Subcommands owned by other modules: name -> (help shown by `derta --help`, "module:adder").
+DELEGATED: dict[str, tuple[str, str]] = {
+    "judge": ("judge model responses and print the attack success rate", "derta.judges.cli:add_judge_parser"),
+    "judge-devset": ("agreement of a judge with the Appendix C development set", "derta.judges.cli:add_devset_parser"),
+    "bench": ("micro-benchmarks; each prints one JSON line", "derta.bench:add_bench_parser"),
+}
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)).rstrip())
+
+
+def _registry_rows(rows: Any) -> list[dict[str, Any]]:
+    """Registry listings as dicts: ``list_*()`` may return dicts or bare names."""
+    return [r if isinstance(r, dict) else {"name": str(r)} for r in rows]
+
+
+def cmd_attacks(args: argparse.Namespace) -> int:
+    from derta.attacks import list_attacks
+
+    rows = _registry_rows(list_attacks())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, ["name", "box", "doc"])
+    return 0
+
+
+def cmd_judges(args: argparse.Namespace) -> int:
+    from derta.judges import JUDGES, list_judges
+
+    rows = _registry_rows(list_judges())
+    for r in rows:  # list_judges() gives names; add a doc line (class, else module docstring)
+        cls = JUDGES.get(r["name"])
+        text = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "") if cls else ""
+        r.setdefault("doc", (text.strip().splitlines() or [""])[0])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, ["name", "doc"])
+    return 0
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    from steps.source import SourceConfig, run
+
+    manifest = run(SourceConfig(seed=args.seed), args.out)
+    print(json.dumps({name: f["records"] for name, f in manifest["files"].items()}, sort_keys=True))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.step is None:
+        for name in sorted(STEP_CONFIGS):
+            print(name)
+        return 0
+    if args.step not in STEP_CONFIGS:
+        from derta.errors import ConfigError
+
+        raise ConfigError(f"unknown step config {args.step!r}; valid: {sorted(STEP_CONFIGS)}")
+    print(_load(STEP_CONFIGS[args.step]).help())
+    return 0
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``derta`` parser. Only the delegated subcommand named by ``command`` gets its real flags."""
+    parser = argparse.ArgumentParser(
+        prog="derta",
+        description="DeRTa reproduction: registries, judging, benchmarks and the mini-world.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("attacks", help="list the attack registry")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_attacks)
+
+    p = sub.add_parser("judges", help="list the judge registry")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_judges)
+
+    for name, (help_text, adder) in DELEGATED.items():
+        if name == command:
+            _load(adder)(sub)
+        else:  # placeholder so `derta --help` lists it without importing its module
+            sub.add_parser(name, help=help_text, add_help=False)
+
+    p = sub.add_parser("world", help="write the synthetic mini-world (the `source` stage's data)")
+    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
+    p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("config", help="print the fields, defaults and help of a step config")
+    p.add_argument("step", nargs="?", default=None, help=f"one of {sorted(STEP_CONFIGS)}; omit to list them")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in argv: its first token not starting with '-' (top-level flags take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from derta.errors import ConfigError, DataError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command_of(argv)).parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args) or 0)
+    except (DataError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `derta attacks | head`: stop quietly like other CLI tools
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

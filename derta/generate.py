@@ -1,0 +1,147 @@
+"""Generation backends: the model under test as a :class:`derta.attacks.base.Target`.
+
+``HFTarget``: batched greedy decoding with left padding and length-sorted
+batches (Hugging Face ``generate``). ``VLLMTarget``: the optional GPU backend
+(``pip install .[gpu]``), imported lazily.
+
+Prompt formatting (must match training, see derta/variants.py): a chat prompt
+is ``template.format(q=text)``, followed by ``response_sep + prefill`` when the
+attack prefills the response; a raw prompt (``chat=False``) is fed as is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import Field
+
+from derta.attacks.base import AttackPrompt
+from derta.config import StepConfig
+
+
+class GenerationConfig(StepConfig):
+    """Decoding settings (paper: greedy)."""
+
+    backend: str = Field("hf", description="hf (batched transformers generate) or vllm (GPU extra).")
+    batch_size: int = Field(64, description="Prompts per batch (batches are length-sorted).")
+    max_new_tokens: int = Field(96, description="New tokens per response.")
+    prompt_template: str = Field("[INST] {q} [\\INST]", description="Chat template; must equal the training template.")
+    response_sep: str = Field(" ", description="Text between the template and the response (as in training).")
+    use_tokenizer_chat_template: bool = Field(False, description="Instruct models: format with the tokenizer's chat template instead.")
+    max_prompt_tokens: int = Field(1024, description="Prompts are left-truncated to this many tokens.")
+
+
+def format_prompt(p: AttackPrompt, cfg: GenerationConfig, tokenizer=None) -> str:
+    """The exact text given to the model for one attack prompt."""
+    if not p.chat:
+        return p.text
+    if cfg.use_tokenizer_chat_template and tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        head = tokenizer.apply_chat_template([{"role": "user", "content": p.text}], tokenize=False, add_generation_prompt=True)
+        return head + p.prefill
+    head = cfg.prompt_template.format(q=p.text)
+    # A prefill is a started response: joined exactly as a harmful prefix in training.
+    return head + (cfg.response_sep + p.prefill.rstrip() if p.prefill else "")
+
+
+class HFTarget:
+    """Greedy batched generation and log-likelihoods with a local HF causal LM."""
+
+    def __init__(self, model, tokenizer, cfg: GenerationConfig):
+        import torch
+
+        self.model, self.tok, self.cfg = model.eval(), tokenizer, cfg
+        self.tok.padding_side = "left"
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.device = next(model.parameters()).device
+        self._torch = torch
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        ids = self.tok(texts, add_special_tokens=False)["input_ids"]
+        return [x[-self.cfg.max_prompt_tokens :] for x in ids]
+
+    def generate_texts(self, texts: list[str], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy continuations of raw texts (order preserved)."""
+        torch = self._torch
+        max_new = max_new_tokens or self.cfg.max_new_tokens
+        enc = self._encode(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
+        out: list[str] = [""] * len(texts)
+        pad = self.tok.pad_token_id
+        for start in range(0, len(order), self.cfg.batch_size):
+            idx = order[start : start + self.cfg.batch_size]
+            width = max(len(enc[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                n = len(enc[i])
+                ids[row, width - n :] = torch.tensor(enc[i])
+                mask[row, width - n :] = 1
+            with torch.no_grad():
+                gen = self.model.generate(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new,
+                    do_sample=False, pad_token_id=pad, eos_token_id=self.tok.eos_token_id,
+                )
+            for row, i in enumerate(idx):
+                out[i] = self.tok.decode(gen[row, width:], skip_special_tokens=True)
+        return out
+
+    def generate(self, prompts: list[AttackPrompt], max_new_tokens: int | None = None) -> list[str]:
+        return self.generate_texts([format_prompt(p, self.cfg, self.tok) for p in prompts], max_new_tokens)
+
+    def loglik(self, prompts: list[AttackPrompt], continuations: list[str]) -> list[float]:
+        """Sum of log p(continuation | prompt), batched (AutoDAN fitness)."""
+        torch = self._torch
+        heads = self._encode([format_prompt(p, self.cfg, self.tok) for p in prompts])
+        tails = self.tok(continuations, add_special_tokens=False)["input_ids"]
+        out: list[float] = []
+        for start in range(0, len(heads), self.cfg.batch_size):
+            hs, ts = heads[start : start + self.cfg.batch_size], tails[start : start + self.cfg.batch_size]
+            seqs = [h + t for h, t in zip(hs, ts)]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), self.tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, s in enumerate(seqs):
+                ids[r, width - len(s) :] = torch.tensor(s)
+                mask[r, width - len(s) :] = 1
+            with torch.no_grad():
+                logp = torch.log_softmax(self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float(), -1)
+            for r, t in enumerate(ts):
+                n = len(t)
+                if n == 0:
+                    out.append(0.0)
+                    continue
+                pos = torch.arange(width - n - 1, width - 1)
+                tgt = torch.tensor(t)
+                out.append(float(logp[r, pos, tgt].sum()))
+        return out
+
+
+class VLLMTarget:
+    """vLLM backend for GPU runs (greedy). Imported lazily: ``pip install '.[gpu]'``."""
+
+    def __init__(self, model_path: str, cfg: GenerationConfig, **llm_kwargs: Any):
+        from vllm import LLM, SamplingParams  # noqa: PLC0415 - optional GPU extra
+
+        self.cfg = cfg
+        self.llm = LLM(model=model_path, trust_remote_code=False, **llm_kwargs)
+        self.tok = self.llm.get_tokenizer()
+        self._params = SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens)
+        self._sp = SamplingParams
+
+    def generate(self, prompts: list[AttackPrompt], max_new_tokens: int | None = None) -> list[str]:
+        params = self._params if max_new_tokens is None else self._sp(temperature=0.0, max_tokens=max_new_tokens)
+        outs = self.llm.generate([format_prompt(p, self.cfg, self.tok) for p in prompts], params)
+        return [o.outputs[0].text for o in outs]
+
+    def loglik(self, prompts: list[AttackPrompt], continuations: list[str]) -> list[float]:
+        params = self._sp(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        texts = [format_prompt(p, self.cfg, self.tok) for p in prompts]
+        outs = self.llm.generate([t + c for t, c in zip(texts, continuations)], params)
+        res = []
+        for t, o in zip(texts, outs):
+            n_head = len(self.tok.encode(t, add_special_tokens=False))
+            lps = [lp for lp in (o.prompt_logprobs or [])[n_head:] if lp]
+            res.append(sum(next(iter(d.values())).logprob for d in lps) if lps else -math.inf)
+        return res

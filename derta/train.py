@@ -1,0 +1,313 @@
+"""Training: pretraining of the tiny base model and DeRTa fine-tuning.
+
+Both use the Hugging Face ``Trainer``. The DeRTa objective lives in data
+collation (RTO relabelling, :func:`derta.loss.rto_labels`) plus one loss
+(:func:`derta.loss.derta_loss`) plugged in through a ~10-line
+``compute_loss``; the model's ``forward`` is never copied.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from derta.config import StepConfig
+from derta.errors import ConfigError
+
+
+class LoraConfig(StepConfig):
+    """LoRA via PEFT (paper Appendix A: r 96, alpha 16, dropout 0.05 on attention and MLP)."""
+
+    enabled: bool = Field(False, description="Train LoRA adapters instead of all parameters.")
+    r: int = Field(96, description="LoRA rank.")
+    alpha: int = Field(16, description="LoRA alpha.")
+    dropout: float = Field(0.05, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Modules that get adapters (attention and MLP projections).",
+    )
+    merge: bool = Field(True, description="Merge adapters into the base weights when saving.")
+
+
+class TrainConfig(StepConfig):
+    """Hyper-parameters of one training run (paper Appendix A for the paper profiles)."""
+
+    seed: int = Field(0, description="Seed of init, data order and RTO keep draws.")
+    learning_rate: float = Field(1e-3, description="Peak learning rate.")
+    epochs: float = Field(2.0, description="Epochs over the training file (paper 2).")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1 = epochs decide; instruct LoRA profile: 100).")
+    total_batch_size: int = Field(32, description="Examples per optimizer step over all ranks (paper 128).")
+    per_device_batch_size: int = Field(32, description="Examples per forward pass per rank; accumulation = total / (per_device x ranks).")
+    max_length: int = Field(192, description="Truncate instances to this many tokens (paper 1024 full / 512 LoRA).")
+    lr_scheduler: str = Field("cosine", description="Learning-rate schedule (HF name).")
+    warmup_ratio: float = Field(0.03, description="Warm-up share of the steps.")
+    weight_decay: float = Field(0.0, description="AdamW weight decay (paper 2e-5 full parameter).")
+    rto_keep_ratio: float = Field(1.0, description="Share of RTO positions kept as targets (paper: 0.05 full parameter, 1.0 LoRA).")
+    refusal_word: str = Field("Sorry", description="The RTO target; must be a single token.")
+    bf16: bool = Field(False, description="bf16 mixed precision (GPU profiles).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass.")
+    deepspeed: str = Field("", description="Path of a DeepSpeed config (ZeRO-2/3); empty = no DeepSpeed.")
+    loss_impl: Literal["logits", "chunked"] = Field("logits", description="logits: CE on the model's logits; chunked: memory-lean loss from hidden states and the LM head.")
+    loss_chunk_size: int = Field(1024, description="Rows per chunk of the chunked loss.")
+    logging_steps: int = Field(5, description="Log every N optimizer steps.")
+    save_steps: int = Field(0, description="Checkpoint every N steps (0 = only at the end).")
+    save_total_limit: int = Field(2, description="Checkpoints kept.")
+    resume: bool = Field(True, description="Resume from the newest checkpoint in the output's checkpoint dir, if any.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
+    report_to: list[str] = Field([], description="Live Trainer integrations (e.g. ['mlflow']); the pipeline logs to MLflow after training by default.")
+    dataloader_num_workers: int = Field(0, description="DataLoader workers.")
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def accumulation_steps(cfg: TrainConfig, ranks: int | None = None) -> int:
+    """total = per_device x accumulation x ranks (computed, never hand-entered)."""
+    ranks = ranks or world_size()
+    per_step = cfg.per_device_batch_size * ranks
+    if cfg.total_batch_size % per_step:
+        raise ConfigError(
+            f"train: total_batch_size {cfg.total_batch_size} is not a multiple of "
+            f"per_device_batch_size {cfg.per_device_batch_size} x {ranks} rank(s)"
+        )
+    return cfg.total_batch_size // per_step
+
+
+# --- data ---------------------------------------------------------------------
+
+def encode_instances(records: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
+    """Tokenize release-format instances: loss only on ``text`` (labels -100 on ``prefix``).
+
+    ``prefix`` and ``text`` are tokenized separately so the label boundary is
+    exact, as in the release.
+    """
+    pre = tokenizer([r["prefix"] for r in records], add_special_tokens=False)["input_ids"]
+    txt = tokenizer([r["text"] for r in records], add_special_tokens=False)["input_ids"]
+    out = []
+    for r, p, t in zip(records, pre, txt):
+        ids = (p + t)[:max_length]
+        labels = ([-100] * len(p) + t)[:max_length]
+        out.append({"input_ids": ids, "labels": labels, "is_rto": r["safe"] == "true"})
+    return out
+
+
+def pack_documents(texts: list[str], tokenizer, block_size: int) -> list[dict[str, Any]]:
+    """Concatenate documents with EOS and cut into blocks (pretraining)."""
+    ids: list[int] = []
+    for chunk in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(chunk + [tokenizer.eos_token_id])
+    n = len(ids) // block_size
+    return [{"input_ids": ids[i * block_size : (i + 1) * block_size], "labels": ids[i * block_size : (i + 1) * block_size], "is_rto": False} for i in range(n)]
+
+
+@dataclass
+class DeRTaCollator:
+    """Right-pads a batch and rewrites RTO labels (paper Eq. 2, RTO term).
+
+    Output: input_ids/attention_mask/labels (B, T) and is_rto (B,) bool.
+    The keep draw uses its own seeded generator, so runs are reproducible.
+    """
+
+    pad_id: int
+    refusal_id: int
+    keep_ratio: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        import torch
+
+        self._gen = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, feats: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        from derta.loss import rto_labels
+
+        width = max(len(f["input_ids"]) for f in feats)
+        ids = torch.full((len(feats), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(feats), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(feats), width), dtype=torch.long)
+        for i, f in enumerate(feats):
+            n = len(f["input_ids"])
+            ids[i, :n] = torch.tensor(f["input_ids"])
+            labels[i, :n] = torch.tensor(f["labels"])
+            mask[i, :n] = 1
+        is_rto = torch.tensor([bool(f["is_rto"]) for f in feats])
+        if is_rto.any():
+            labels = rto_labels(labels, is_rto, self.refusal_id, self.keep_ratio, generator=self._gen)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "is_rto": is_rto}
+
+
+def make_trainer_class():
+    from transformers import Trainer
+
+    from derta.loss import derta_loss
+
+    class DeRTaTrainer(Trainer):
+        """Trainer whose loss is :func:`derta.loss.derta_loss`; logs its MLE and RTO parts."""
+
+        loss_impl = "logits"
+        loss_chunk_size = 1024
+        loss_is_scaled_for_ga = True  # compute_loss normalises by the accumulated token count
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels, is_rto = inputs.pop("labels"), inputs.pop("is_rto")
+            if self.loss_impl == "chunked":
+                base = model.get_base_model() if hasattr(model, "get_base_model") else model
+                hidden = base.get_decoder()(**inputs).last_hidden_state
+                out = derta_loss(hidden, labels, is_rto, lm_head_weight=base.get_output_embeddings().weight, chunk_size=self.loss_chunk_size)
+                outputs = None
+            else:
+                outputs = model(**inputs)
+                out = derta_loss(outputs.logits, labels, is_rto)
+            acc = self.__dict__.setdefault("_parts", {"mle": 0.0, "n_mle": 0, "rto": 0.0, "n_rto": 0})
+            acc["mle"] += float(out.mle_loss) * int(out.n_mle_tokens) if out.n_mle_tokens else 0.0
+            acc["rto"] += float(out.rto_loss) * int(out.n_rto_tokens) if out.n_rto_tokens else 0.0
+            acc["n_mle"] += int(out.n_mle_tokens)
+            acc["n_rto"] += int(out.n_rto_tokens)
+            loss = out.loss
+            if num_items_in_batch is not None and int(num_items_in_batch) > 0:
+                # Token mean over the whole accumulated (and, across ranks, gathered) batch.
+                loss = loss * (out.n_mle_tokens + out.n_rto_tokens) / num_items_in_batch
+                if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                    loss = loss * self.args.world_size
+            else:
+                loss = loss / self.current_gradient_accumulation_steps
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            acc = self.__dict__.pop("_parts", None)
+            if acc and "loss" in logs:
+                if acc["n_mle"]:
+                    logs["loss_mle"] = round(acc["mle"] / acc["n_mle"], 6)
+                if acc["n_rto"]:
+                    logs["loss_rto"] = round(acc["rto"] / acc["n_rto"], 6)
+            elif acc:
+                self._parts = acc
+            return super().log(logs, *args, **kwargs)
+
+    return DeRTaTrainer
+
+
+def training_arguments(cfg: TrainConfig, out_dir: str | Path, n_examples: int):
+    from transformers import TrainingArguments
+
+    accum = accumulation_steps(cfg)
+    return TrainingArguments(
+        output_dir=str(Path(out_dir) / "checkpoints"),
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        deepspeed=cfg.deepspeed or None,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=cfg.report_to or "none",
+        remove_unused_columns=False,
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        disable_tqdm=True,
+        use_cpu=not _has_gpu(),
+    )
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def latest_checkpoint(out_dir: str | Path) -> str | None:
+    ckpts = sorted(Path(out_dir, "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
+    """Train ``model`` on encoded ``examples``; save model + tokenizer + log into ``out_dir``.
+
+    Returns ``{"log_history", "train_runtime_s", "train_tokens", ...}``. The
+    final model is saved atomically (temporary dir renamed at the end);
+    checkpoints for resume live in ``out_dir/checkpoints``.
+    """
+    from datasets import Dataset
+
+    from derta.io import atomic_path, write_json
+    from derta.modeling import refusal_token_id
+
+    refusal_id = refusal_token_id(tokenizer, cfg.refusal_word)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.lora.enabled:
+        model = _wrap_lora(cfg.lora, model)
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+    args = training_arguments(cfg, out_dir, len(examples))
+    ds = Dataset.from_list(examples)
+    collator = DeRTaCollator(tokenizer.pad_token_id, refusal_id, cfg.rto_keep_ratio, seed=cfg.seed)
+    trainer_cls = make_trainer_class()
+    trainer = trainer_cls(model=model, args=args, train_dataset=ds, data_collator=collator)
+    trainer.loss_impl, trainer.loss_chunk_size = cfg.loss_impl, cfg.loss_chunk_size
+    resume = latest_checkpoint(out_dir) if cfg.resume else None
+    result = trainer.train(resume_from_checkpoint=resume)
+    final = trainer.model
+    if cfg.lora.enabled and cfg.lora.merge:
+        final = final.merge_and_unload()
+    summary = {
+        "log_history": trainer.state.log_history,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_loss": result.metrics.get("train_loss"),
+        "global_step": trainer.state.global_step,
+        "n_examples": len(examples),
+        "train_tokens": int(sum(len(e["input_ids"]) for e in examples) * cfg.epochs),
+        "world_size": trainer.args.world_size,
+        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+        "effective_batch": trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size,
+        "resumed_from": resume,
+    }
+    if trainer.is_world_process_zero():
+        with atomic_path(out_dir / "model") as tmp:
+            final.save_pretrained(str(tmp), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+        write_json(out_dir / "train_log.json", summary)
+    return summary
+
+
+def _wrap_lora(cfg: LoraConfig, model):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    return get_peft_model(
+        model,
+        PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"),
+    )
+
+
+def losses_from_log(log_history: list[dict[str, Any]]) -> list[tuple[int, dict[str, float]]]:
+    """(step, {loss, loss_mle, loss_rto, learning_rate}) entries of a Trainer log."""
+    keys = ("loss", "loss_mle", "loss_rto", "learning_rate", "grad_norm")
+    out = []
+    for e in log_history:
+        if "loss" in e and "step" in e:
+            vals = {k: float(e[k]) for k in keys if k in e and e[k] is not None and not (isinstance(e[k], float) and math.isnan(e[k]))}
+            out.append((int(e["step"]), vals))
+    return out
+
+
+def read_train_log(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,32 @@
+"""Shared argv handling of the stage entry points (``python -m steps.<stage>``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from derta.errors import ConfigError, DataError
+
+for _k, _v in {"GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "TOKENIZERS_PARALLELISM": "false",
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}.items():
+    os.environ.setdefault(_k, _v)
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    p.add_argument("--profile", default=None, help="override params.yaml's profile")
+    return p
+
+
+def entry(fn: Callable[[], object]) -> None:
+    """Run a stage main; bad input or config exits 2 with one clear line, nothing half-written."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        fn()
+    except (DataError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

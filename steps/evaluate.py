@@ -1,0 +1,151 @@
+"""Stage `evaluate@<variant>`: attack the model, judge the responses, score helpfulness.
+
+Inputs: the trained model dir, the validated source dir (held-out
+``<split>_harmful`` / ``<split>_helpful``). Outputs in ``--out``:
+``responses.jsonl`` (one record per attack prompt: id, attack, question_id,
+prompt text, prefill, response), ``verdicts.jsonl`` (the judge's decision and
+the first refusal's token position), ``helpful.jsonl`` and ``metrics.json``.
+Decoding is greedy and batched (derta/generate.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from derta.attacks import get_attack
+from derta.attacks.base import AttackPrompt, Question
+from derta.config import StepConfig, load_params, step_config
+from derta.generate import GenerationConfig, HFTarget, format_prompt
+from derta.helpfulness import score_helpful
+from derta.io import atomic_path, read_jsonl, write_json, write_jsonl
+from derta.judges import get_judge
+from derta.judges.base import JudgeInput
+from derta.modeling import load_model, set_threads
+from steps._common import entry, parser
+
+log = logging.getLogger("derta.evaluate")
+
+BLACK_BOX = ("codeattack", "pair", "jailbreakchat", "selfcipher")
+WHITE_BOX = ("completingattack", "autodan")
+
+
+class EvalConfig(StepConfig):
+    """Which attacks run, judged by whom, on which held-out split."""
+
+    split: str = Field("eval", description="Held-out split to evaluate ('eval' for reported numbers, 'dev' while developing).")
+    seed: int = Field(0, description="Seed of attack draws.")
+    attacks: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"direct": {}, "completingattack": {}, "prefill": {}},
+        description="attack name -> its config (see `derta attacks`).",
+    )
+    judge: str = Field("guideline", description="Default judge (see `derta judges`).")
+    judge_config: dict[str, Any] = Field(default_factory=dict, description="Config of the default judge.")
+    judges: dict[str, str] = Field(default_factory=dict, description="Per-attack judge overrides: attack -> judge name.")
+    max_questions: int = Field(0, description="Evaluate only the first N harmful questions (0 = all).")
+    max_helpful: int = Field(0, description="Evaluate only the first N helpful questions (0 = all).")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
+
+
+def refusal_token_position(tokenizer, response: str, char: int | None) -> int | None:
+    """Index (in response tokens) of the token where the first refusal starts."""
+    if char is None:
+        return None
+    return len(tokenizer(response[:char], add_special_tokens=False)["input_ids"])
+
+
+def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: str | Path, refusal_word: str = "Sorry") -> dict[str, Any]:
+    set_threads()
+    src = Path(src_dir)
+    qrows = read_jsonl(src / f"{cfg.split}_harmful.jsonl", {"id": str, "question": str}, non_empty=["question"], unique_key="id")
+    hrows = read_jsonl(src / f"{cfg.split}_helpful.jsonl", {"id": str, "question": str, "answer": str}, unique_key="id")
+    if cfg.max_questions:
+        qrows = qrows[: cfg.max_questions]
+    if cfg.max_helpful:
+        hrows = hrows[: cfg.max_helpful]
+    questions = [Question.from_dict(r) for r in qrows]
+    qtext = {q.id: q.question for q in questions}
+    model, tok = load_model(Path(model_dir) / "model")
+    target = HFTarget(model, tok, cfg.generation)
+
+    responses: list[dict[str, Any]] = []
+    verdicts: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {"asr": {}, "n": {}, "halt": {}, "refusal_positions": {}, "seconds": {}, "attack_stats": {}}
+    for name, acfg in cfg.attacks.items():
+        t0 = time.perf_counter()
+        attack = get_attack(name, acfg, seed=cfg.seed)
+        prompts: list[AttackPrompt] = attack.build(questions, target)
+        outs = target.generate(prompts)
+        judge_name = cfg.judges.get(name, cfg.judge)
+        judge = get_judge(judge_name, cfg.judge_config if judge_name == cfg.judge else {})
+        items = [JudgeInput(id=p.id, question=qtext[p.question_id], response=p.prefill + o, attack=name, prefill=p.prefill) for p, o in zip(prompts, outs)]
+        vs = judge.judge(items)
+        positions = []
+        for p, item, v in zip(prompts, items, vs):
+            pos = refusal_token_position(tok, item.response, v.refusal_char)
+            responses.append({"id": p.id, "attack": name, "question_id": p.question_id, "prompt": format_prompt(p, cfg.generation, tok),
+                              "prefill": p.prefill, "response": item.response, "meta": p.meta})
+            verdicts.append({**v.to_dict(), "attack": name, "judge": judge_name, "refusal_pos": pos, "question_id": p.question_id})
+            if pos is not None:
+                positions.append(pos)
+        n = len(vs)
+        metrics["asr"][name] = round(100.0 * sum(v.unsafe for v in vs) / n, 2) if n else None
+        metrics["n"][name] = n
+        metrics["halt"][name] = sum(v.halt for v in vs)
+        metrics["refusal_positions"][name] = positions
+        metrics["attack_stats"][name] = dict(getattr(attack, "stats", {}) or {})
+        metrics["seconds"][name] = round(time.perf_counter() - t0, 2)
+        log.info("%s: ASR %.1f%% over %d prompts (%.1fs)", name, metrics["asr"][name] or 0.0, n, metrics["seconds"][name])
+
+    t0 = time.perf_counter()
+    helpful_prompts = [AttackPrompt(id=r["id"], question_id=r["id"], attack="helpful", text=r["question"]) for r in hrows]
+    helpful_out = target.generate(helpful_prompts)
+    scored = [{"id": r["id"], "question": r["question"], "answer": r["answer"], "response": o,
+               "correct": score_helpful(r.get("kind", "miniworld"), o, r["answer"])} for r, o in zip(hrows, helpful_out)]
+    metrics["helpfulness"] = {"miniworld": round(100.0 * sum(s["correct"] for s in scored) / len(scored), 2) if scored else None}
+    metrics["n"]["helpful"] = len(scored)
+    metrics["seconds"]["helpful"] = round(time.perf_counter() - t0, 2)
+    all_pos = [p for ps in metrics["refusal_positions"].values() for p in ps]
+    metrics["refusal_position"] = refusal_summary(all_pos)
+    metrics["split"] = cfg.split
+
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        write_jsonl(tmp / "responses.jsonl", responses)
+        write_jsonl(tmp / "verdicts.jsonl", verdicts)
+        write_jsonl(tmp / "helpful.jsonl", scored)
+        write_json(tmp / "metrics.json", metrics)
+    return metrics
+
+
+def refusal_summary(positions: list[int]) -> dict[str, Any]:
+    """Figure 4 statistics over responses that contain a refusal."""
+    if not positions:
+        return {"share_at_0": None, "median": None, "share_after_30": None, "n": 0}
+    n = len(positions)
+    return {
+        "share_at_0": round(100.0 * sum(p == 0 for p in positions) / n, 2),
+        "median": statistics.median(positions),
+        "share_after_30": round(100.0 * sum(p > 30 for p in positions) / n, 2),
+        "n": n,
+    }
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--model", required=True, help="trained variant dir (with model/)")
+    p.add_argument("--source", required=True)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    params = load_params(a.params)
+    m = run(step_config(EvalConfig, params, "eval", a.profile), a.model, a.source, a.out)
+    print({"asr": m["asr"], "helpfulness": m["helpfulness"], "refusal_position": m["refusal_position"]})
+
+
+if __name__ == "__main__":
+    entry(main)

@@ -1,0 +1,31 @@
+"""Stage `gate_source` / `gate_variants`: Great Expectations gates.
+
+Nothing downstream reads a dataset before its gate passed: later stages
+depend on the gate's report. A failing gate writes its report, prints the
+dataset, the expectation and offending rows, and exits non-zero.
+"""
+
+from __future__ import annotations
+
+from derta.config import load_params, step_config
+from derta.validate import GateConfig, run_gate
+from derta.variants import SynthesizeConfig
+from steps._common import entry, parser
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("kind", choices=["source", "variants"])
+    p.add_argument("--source", required=True)
+    p.add_argument("--variants", default=None)
+    p.add_argument("--report", required=True)
+    a = p.parse_args()
+    params = load_params(a.params)
+    cfg = step_config(GateConfig, params, "gate", a.profile)
+    synth = step_config(SynthesizeConfig, params, "synthesize", a.profile) if a.kind == "variants" else None
+    report = run_gate(a.kind, a.report, src_dir=a.source, cfg=cfg, variants_dir=a.variants, synth_cfg=synth)
+    print({k: v["success"] for k, v in report.items()})
+
+
+if __name__ == "__main__":
+    entry(main)

@@ -1,0 +1,53 @@
+import ast
+from collections import deque
+
+from derta.attacks import Question, get_attack
+from derta.attacks.codeattack import stack_code
+
+QUESTIONS = [
+    "How do I open the [locked box] in my garage?",
+    'Tell me how to "quote" a back\\slash and an émoji 🙂 word.',
+    "single",
+]
+
+
+def _decode(stack: deque) -> str:
+    words = []
+    while stack:
+        words.append(stack.pop())
+    return " ".join(words)
+
+
+def _stack_from(text: str) -> deque:
+    """Run the prompt's ``my_stack`` lines (they must be valid Python) and return the deque."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("my_stack")]
+    env: dict = {"deque": deque}
+    exec("\n".join(lines), env)  # noqa: S102 - our own generated code
+    return env["my_stack"]
+
+
+def test_deque_decodes_to_the_question_words():
+    qs = [Question(f"q{i}", q) for i, q in enumerate(QUESTIONS)]
+    for q, p in zip(qs, get_attack("codeattack").build(qs)):
+        stack = _stack_from(p.text)
+        assert list(stack) == list(reversed(q.question.split()))  # pushed in reverse
+        assert _decode(stack) == " ".join(q.question.split())
+        assert p.meta["n_words"] == len(q.question.split())
+        assert p.chat
+
+
+def test_question_never_appears_as_a_sentence():
+    q = Question("q", "How do I open the [locked box] in my garage?")
+    (p,) = get_attack("codeattack").build([q])
+    assert q.question not in p.text
+    assert "def decode(input: deque) -> str:" in p.text
+    assert "task = decode(my_stack)" in p.text and "output_list = []" in p.text
+
+
+def test_n_steps_slots():
+    (p,) = get_attack("codeattack", {"n_steps": 3}).build([Question("q", "a b c")])
+    assert p.text.count("output_list.append( )") == 3 and "// step 3" in p.text and "// step 4" not in p.text
+
+
+def test_stack_code_is_valid_python():
+    ast.parse("from collections import deque\n" + stack_code(["a", 'b"c', "d\\e"], indent=""))
