@@ -14,6 +14,7 @@ benchmark, prints its dict as one JSON line on stdout and returns 0.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import ctypes
 import gc
 import json
@@ -310,3 +311,62 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --- derta bench generate ------------------------------------------------------
+
+def _add_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="", help="model dir with model/ (default: a tiny Llama built from config)")
+    p.add_argument("--prompts", type=int, default=64, help="number of prompts")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def bench_generate(args: argparse.Namespace) -> dict:
+    """Tokens/s of batched greedy generation (left padding, length-sorted) vs one prompt at a time."""
+    import time
+
+    import torch
+
+    from derta.generate import GenerationConfig, HFTarget
+    from derta.miniworld import MiniWorldConfig, generate
+
+    torch.manual_seed(0)
+    world = generate(MiniWorldConfig(n_safety_train=10, n_helpful_train=10, n_eval_harmful=args.prompts, n_eval_helpful=5,
+                                     n_dev_harmful=5, n_dev_helpful=5, web_harmful_docs=200, web_chatter_docs=50,
+                                     web_faq_docs=100, n_entities=30))
+    texts = [f"[INST] {r['question']} [\\INST]" for r in world["eval_harmful"]][: args.prompts]
+    if args.model:
+        from derta.modeling import load_model
+
+        model, tok = load_model(Path(args.model) / "model")
+    else:
+        import tempfile
+
+        from derta.modeling import ModelConfig, TokenizerConfig, build_model, train_tokenizer
+
+        corpus = [d["text"] for d in world["web"]] + [r["instruction"] for r in world["safety_train"]]
+        tok = train_tokenizer(TokenizerConfig(vocab_size=600), corpus, tempfile.mkdtemp())
+        model = build_model(ModelConfig(), tok)
+    target = HFTarget(model, tok, GenerationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens))
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        outs = fn()
+        dt = time.perf_counter() - t0
+        n_tok = sum(len(tok(o, add_special_tokens=False)["input_ids"]) for o in outs)
+        return outs, dt, n_tok
+
+    batched, t_b, n_b = timed(lambda: target.generate_texts(texts, skip_special_tokens=False))
+    single_target = HFTarget(model, tok, GenerationConfig(batch_size=1, max_new_tokens=args.max_new_tokens))
+    single, t_s, n_s = timed(lambda: single_target.generate_texts(texts, skip_special_tokens=False))
+    return {
+        "prompts": len(texts), "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+        "batched": {"time_s": round(t_b, 3), "tokens": n_b, "tokens_per_s": round(n_b / t_b, 1)},
+        "one_by_one": {"time_s": round(t_s, 3), "tokens": n_s, "tokens_per_s": round(n_s / t_s, 1)},
+        "speedup": round((n_b / t_b) / (n_s / t_s), 2),
+        "same_outputs": sum(a == b for a, b in zip(batched, single)),
+    }
+
+
+register_bench("generate", _add_generate_args, bench_generate, help="batched vs one-by-one greedy generation (tokens/s)")

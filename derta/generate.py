@@ -61,7 +61,7 @@ class HFTarget:
         ids = self.tok(texts, add_special_tokens=False)["input_ids"]
         return [x[-self.cfg.max_prompt_tokens :] for x in ids]
 
-    def generate_texts(self, texts: list[str], max_new_tokens: int | None = None) -> list[str]:
+    def generate_texts(self, texts: list[str], max_new_tokens: int | None = None, skip_special_tokens: bool = True) -> list[str]:
         """Greedy continuations of raw texts (order preserved)."""
         torch = self._torch
         max_new = max_new_tokens or self.cfg.max_new_tokens
@@ -84,7 +84,7 @@ class HFTarget:
                     do_sample=False, pad_token_id=pad, eos_token_id=self.tok.eos_token_id,
                 )
             for row, i in enumerate(idx):
-                out[i] = self.tok.decode(gen[row, width:], skip_special_tokens=True)
+                out[i] = self.tok.decode(gen[row, width:], skip_special_tokens=skip_special_tokens)
         return out
 
     def generate(self, prompts: list[AttackPrompt], max_new_tokens: int | None = None) -> list[str]:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Iterable
@@ -54,8 +55,6 @@ def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str], out_dir: str | P
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    # The refusal word (with and without a leading space) is seeded as an
-    # added vocabulary entry through repetition so BPE merges it whole.
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size,
         min_frequency=cfg.min_frequency,
@@ -63,7 +62,10 @@ def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str], out_dir: str | P
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    # The refusal word is the RTO target and must be one token: repeating it
+    # (bare and after a space) makes BPE merge it whole even in a small corpus.
+    word = cfg.refusal_word.strip()
+    tok.train_from_iterator(itertools.chain(texts, [word, " " + word] * 500), trainer=trainer)
     eos, pad = cfg.special_tokens[0], cfg.special_tokens[1]
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad, bos_token=None)
     fast.add_special_tokens({"additional_special_tokens": list(cfg.special_tokens[2:])})

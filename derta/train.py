@@ -32,6 +32,11 @@ class LoraConfig(StepConfig):
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Modules that get adapters (attention and MLP projections).",
     )
+    target_parameters: list[str] = Field(
+        [],
+        description="nn.Parameters that get adapters, for fused MoE experts (transformers 5 Mixtral: "
+        "experts.gate_up_proj = w1+w3, experts.down_proj = w2); PEFT target_parameters.",
+    )
     merge: bool = Field(True, description="Merge adapters into the base weights when saving.")
 
 
@@ -112,7 +117,15 @@ class DeRTaCollator:
     """Right-pads a batch and rewrites RTO labels (paper Eq. 2, RTO term).
 
     Output: input_ids/attention_mask/labels (B, T) and is_rto (B,) bool.
-    The keep draw uses its own seeded generator, so runs are reproducible.
+
+    RTO keep draws (keep_ratio < 1) are a function of (seed, epoch, row):
+    each RTO example is relabelled on its own, unpadded, with a generator
+    seeded from the run seed, the epoch (set by
+    :func:`collator_epoch_callback`) and its dataset ``row`` index (added by
+    :func:`train`). So the draws do not depend on batch composition, padding,
+    world size or call order, and a run resumed from a checkpoint draws what
+    an uninterrupted run draws. Features without ``row`` (standalone use)
+    fall back to one generator seeded once from ``seed``.
     """
 
     pad_id: int
@@ -123,7 +136,15 @@ class DeRTaCollator:
     def __post_init__(self):
         import torch
 
+        self.epoch = 0
         self._gen = torch.Generator().manual_seed(self.seed)
+
+    def _row_generator(self, row: int):
+        import numpy as np
+        import torch
+
+        hi, lo = np.random.SeedSequence([self.seed, self.epoch, row]).generate_state(2, dtype=np.uint32)
+        return torch.Generator().manual_seed((int(hi) << 32 | int(lo)) & 0x7FFF_FFFF_FFFF_FFFF)
 
     def __call__(self, feats: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -134,15 +155,36 @@ class DeRTaCollator:
         ids = torch.full((len(feats), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(feats), width), -100, dtype=torch.long)
         mask = torch.zeros((len(feats), width), dtype=torch.long)
+        is_rto = torch.tensor([bool(f["is_rto"]) for f in feats])
+        per_row = self.keep_ratio < 1.0 and all("row" in f for f in feats)
+        yes = torch.ones(1, dtype=torch.bool)
         for i, f in enumerate(feats):
             n = len(f["input_ids"])
             ids[i, :n] = torch.tensor(f["input_ids"])
-            labels[i, :n] = torch.tensor(f["labels"])
+            row = torch.tensor(f["labels"])
+            if per_row and f["is_rto"]:  # (1, n): the draw sees only this example
+                row = rto_labels(row[None], yes, self.refusal_id, self.keep_ratio, generator=self._row_generator(int(f["row"])))[0]
+            labels[i, :n] = row
             mask[i, :n] = 1
-        is_rto = torch.tensor([bool(f["is_rto"]) for f in feats])
-        if is_rto.any():
+        if is_rto.any() and not per_row:
             labels = rto_labels(labels, is_rto, self.refusal_id, self.keep_ratio, generator=self._gen)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "is_rto": is_rto}
+
+
+def collator_epoch_callback(collator: DeRTaCollator):
+    """TrainerCallback that tells ``collator`` the epoch its next batches belong to.
+
+    ``on_epoch_begin`` runs before the epoch's dataloader iterator is created
+    (so before any of its batches is collated, prefetching included); on
+    resume ``state.epoch`` is the checkpoint's fractional epoch.
+    """
+    from transformers import TrainerCallback
+
+    class CollatorEpochCallback(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            collator.epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
+
+    return CollatorEpochCallback()
 
 
 def make_trainer_class():
@@ -197,9 +239,20 @@ def make_trainer_class():
 
 
 def training_arguments(cfg: TrainConfig, out_dir: str | Path, n_examples: int):
+    """HF TrainingArguments for ``cfg``; call :func:`prepare_distributed_env` first.
+
+    On a machine without CUDA, ``use_cpu`` is set and, when distributed
+    (DeepSpeed or WORLD_SIZE > 1), ``ddp_backend="gloo"``. ``use_cpu`` is what
+    makes accelerate build a MULTI_CPU state from RANK/WORLD_SIZE: without it,
+    a DeepSpeed run on CPU takes accelerate's DeepSpeed branch, which finds no
+    CUDA backend and sets num_processes = 1 on every rank (see
+    :func:`check_world_size`).
+    """
     from transformers import TrainingArguments
 
     accum = accumulation_steps(cfg)
+    gpu = _has_gpu()
+    distributed = bool(cfg.deepspeed) or world_size() > 1
     return TrainingArguments(
         output_dir=str(Path(out_dir) / "checkpoints"),
         per_device_train_batch_size=cfg.per_device_batch_size,
@@ -223,8 +276,59 @@ def training_arguments(cfg: TrainConfig, out_dir: str | Path, n_examples: int):
         remove_unused_columns=False,
         dataloader_num_workers=cfg.dataloader_num_workers,
         disable_tqdm=True,
-        use_cpu=not _has_gpu(),
+        use_cpu=not gpu,
+        ddp_backend="gloo" if not gpu and distributed else None,
     )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare_distributed_env(cfg: TrainConfig) -> None:
+    """Environment a DeepSpeed run needs, filled in only where missing.
+
+    * No CUDA: ``DS_ACCELERATOR=cpu`` (DeepSpeed's CPU accelerator, gloo/shm comm).
+    * A single process with DeepSpeed and no launcher: RANK 0, LOCAL_RANK 0,
+      WORLD_SIZE 1, MASTER_ADDR 127.0.0.1 and a free MASTER_PORT, so
+      ``python -m steps.train`` works with ``train.deepspeed`` set.
+    Under ``deepspeed``/``torchrun`` these come from the launcher and are kept.
+    """
+    if not cfg.deepspeed:
+        return
+    if not _has_gpu():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
+        for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+            os.environ.setdefault(k, v)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+def check_world_size(args) -> None:
+    """Fail fast when the Trainer's view of the job disagrees with the launcher's WORLD_SIZE.
+
+    A mismatch means every rank trains on all data with its own optimizer
+    state and its own MLflow run (the CPU/DeepSpeed trap documented in
+    docs/paper-scale.md).
+    """
+    expected = world_size()
+    if args.world_size != expected:
+        raise ConfigError(
+            f"train: the Trainer sees world_size {args.world_size} but WORLD_SIZE={expected}; "
+            f"distributed state {args.distributed_state.distributed_type} (backend {args.distributed_state.backend})"
+        )
+
+
+def zero_stage(cfg: TrainConfig) -> int:
+    """ZeRO stage of ``cfg.deepspeed`` (0 = no DeepSpeed)."""
+    if not cfg.deepspeed:
+        return 0
+    conf = json.loads(Path(cfg.deepspeed).read_text())
+    return int(conf.get("zero_optimization", {}).get("stage", 0))
 
 
 def _has_gpu() -> bool:
@@ -234,40 +338,65 @@ def _has_gpu() -> bool:
 
 
 def latest_checkpoint(out_dir: str | Path) -> str | None:
-    ckpts = sorted(Path(out_dir, "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    """Newest complete checkpoint in ``out_dir/checkpoints`` (None if there is none).
+
+    The Trainer writes ``trainer_state.json`` last, so a checkpoint without it
+    was cut off mid-save (e.g. the job was killed) and is skipped.
+    """
+    ckpts = [p for p in Path(out_dir, "checkpoints").glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    ckpts.sort(key=lambda p: int(p.name.split("-")[-1]))
     return str(ckpts[-1]) if ckpts else None
 
 
-def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
+def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], out_dir: str | Path,
+          callbacks: list | None = None) -> dict[str, Any]:
     """Train ``model`` on encoded ``examples``; save model + tokenizer + log into ``out_dir``.
 
     Returns ``{"log_history", "train_runtime_s", "train_tokens", ...}``. The
     final model is saved atomically (temporary dir renamed at the end);
-    checkpoints for resume live in ``out_dir/checkpoints``.
+    checkpoints for resume live in ``out_dir/checkpoints``; ``callbacks`` are
+    extra ``TrainerCallback``s.
+
+    Distributed: run under ``deepspeed``/``torchrun`` (one process per rank);
+    with ``cfg.deepspeed`` set and no launcher a single-process DeepSpeed run is
+    set up (:func:`prepare_distributed_env`). The Trainer's world size is
+    checked against WORLD_SIZE before training (:func:`check_world_size`).
     """
+    import logging
+
     from datasets import Dataset
 
     from derta.io import atomic_path, write_json
     from derta.modeling import refusal_token_id
 
-    refusal_id = refusal_token_id(tokenizer, cfg.refusal_word)
+    # Only RTO instances need the refusal token (pretraining has none).
+    refusal_id = refusal_token_id(tokenizer, cfg.refusal_word) if any(e["is_rto"] for e in examples) else -1
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_distributed_env(cfg)
+    stage = zero_stage(cfg)
+    loss_impl = cfg.loss_impl
+    if loss_impl == "chunked" and stage == 3:
+        # ZeRO-3 partitions lm_head.weight (a 0-size placeholder outside the module's
+        # forward), so the chunked loss cannot read it: use the logits path.
+        logging.getLogger(__name__).warning("train: loss_impl 'chunked' is not supported under ZeRO-3; using 'logits'")
+        loss_impl = "logits"
     if cfg.lora.enabled:
         model = _wrap_lora(cfg.lora, model)
     if cfg.gradient_checkpointing:
         model.config.use_cache = False
     args = training_arguments(cfg, out_dir, len(examples))
+    check_world_size(args)
     ds = Dataset.from_list(examples)
+    ds = ds.add_column("row", list(range(len(ds))))  # the RTO keep draw's key (DeRTaCollator)
     collator = DeRTaCollator(tokenizer.pad_token_id, refusal_id, cfg.rto_keep_ratio, seed=cfg.seed)
     trainer_cls = make_trainer_class()
-    trainer = trainer_cls(model=model, args=args, train_dataset=ds, data_collator=collator)
-    trainer.loss_impl, trainer.loss_chunk_size = cfg.loss_impl, cfg.loss_chunk_size
+    trainer = trainer_cls(model=model, args=args, train_dataset=ds, data_collator=collator,
+                          callbacks=[collator_epoch_callback(collator), *(callbacks or [])])
+    trainer.loss_impl, trainer.loss_chunk_size = loss_impl, cfg.loss_chunk_size
     resume = latest_checkpoint(out_dir) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=resume)
-    final = trainer.model
-    if cfg.lora.enabled and cfg.lora.merge:
-        final = final.merge_and_unload()
     summary = {
         "log_history": trainer.state.log_history,
         "train_runtime_s": result.metrics.get("train_runtime"),
@@ -278,14 +407,72 @@ def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], ou
         "world_size": trainer.args.world_size,
         "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
         "effective_batch": trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size,
+        "deepspeed_zero_stage": stage,
         "resumed_from": resume,
     }
+    save_final_model(trainer, cfg, tokenizer, out_dir / "model")
     if trainer.is_world_process_zero():
-        with atomic_path(out_dir / "model") as tmp:
-            final.save_pretrained(str(tmp), safe_serialization=True)
-            tokenizer.save_pretrained(str(tmp))
         write_json(out_dir / "train_log.json", summary)
     return summary
+
+
+def save_final_model(trainer, cfg: TrainConfig, tokenizer, path: str | Path) -> None:
+    """Save the complete final model (safetensors + tokenizer) at ``path``, atomically; call on every rank.
+
+    * Without DeepSpeed or with ZeRO-1/2 every rank holds the full weights:
+      rank 0 saves (LoRA adapters merged first when ``lora.merge``).
+    * ZeRO-3 partitions the weights: ``trainer.save_model`` gathers them
+      (a collective: every rank calls it; the config must set
+      ``stage3_gather_16bit_weights_on_model_save``, checked here) and rank 0
+      writes. LoRA under ZeRO-3: the gathered adapter is saved next to the
+      model (``<path>.adapter``) and rank 0 merges it into the base model
+      reloaded on CPU from ``name_or_path``.
+    """
+    import torch.distributed as dist
+
+    from derta.io import atomic_path
+
+    path = Path(path)
+    stage = zero_stage(cfg)
+    lora = getattr(cfg, "lora", None)
+    merge = bool(lora is not None and lora.enabled and lora.merge)
+    if stage == 3:
+        conf = json.loads(Path(cfg.deepspeed).read_text())
+        if not conf.get("zero_optimization", {}).get("stage3_gather_16bit_weights_on_model_save", False):
+            raise ConfigError(f"train: {cfg.deepspeed} must set zero_optimization.stage3_gather_16bit_weights_on_model_save "
+                              "true, or the saved ZeRO-3 model is empty")
+        staging = path.parent / f".{path.name}.zero3"  # same name on every rank
+        trainer.save_model(str(staging))
+        if trainer.is_world_process_zero():
+            with atomic_path(path) as tmp:
+                if merge:
+                    _merge_saved_adapter(trainer.model, staging, tmp)
+                else:
+                    staging.rename(tmp)
+                tokenizer.save_pretrained(str(tmp))
+            import shutil
+            shutil.rmtree(staging, ignore_errors=True)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        return
+    if trainer.is_world_process_zero():
+        final = trainer.model
+        if merge:
+            final = final.merge_and_unload()
+        with atomic_path(path) as tmp:
+            final.save_pretrained(str(tmp), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+
+
+def _merge_saved_adapter(peft_model, adapter_dir: Path, out: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_path = peft_model.peft_config["default"].base_model_name_or_path
+    if not base_path:
+        raise ConfigError("train: LoRA under ZeRO-3 needs a base model loaded from a path (model.path) to merge into")
+    base = AutoModelForCausalLM.from_pretrained(base_path, torch_dtype="auto", use_safetensors=True)
+    PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().save_pretrained(str(out), safe_serialization=True)
 
 
 def _wrap_lora(cfg: LoraConfig, model):
@@ -294,7 +481,8 @@ def _wrap_lora(cfg: LoraConfig, model):
 
     return get_peft_model(
         model,
-        PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"),
+        PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
+                       target_parameters=list(cfg.target_parameters) or None, task_type="CAUSAL_LM"),
     )
 
 

@@ -1,0 +1,110 @@
+"""derta.miniworld: determinism, sizes, content-free harmful text, held-out splits."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from derta.miniworld import MiniWorldConfig, generate, normalize_question
+
+SMALL = dict(
+    n_safety_train=60, n_helpful_train=50, n_eval_harmful=20, n_eval_helpful=20, n_dev_harmful=10,
+    n_dev_helpful=10, web_harmful_docs=40, web_chatter_docs=20, web_faq_docs=40, n_entities=40,
+)
+TASK_RE = re.compile(r"\b(?:to|do I|can I) (.+? the \[[^\]]+\])")
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate(MiniWorldConfig(**SMALL))
+
+
+def _dump(w):
+    return json.dumps(w, sort_keys=True)
+
+
+def test_same_seed_identical(world):
+    assert _dump(generate(MiniWorldConfig(**SMALL))) == _dump(world)
+
+
+def test_different_seed_differs(world):
+    other = generate(MiniWorldConfig(**SMALL, seed=1))
+    assert _dump(other) != _dump(world)
+    assert [r["instruction"] for r in other["safety_train"]] != [r["instruction"] for r in world["safety_train"]]
+
+
+def test_sizes_follow_config(world):
+    assert len(world["safety_train"]) == 60
+    assert len(world["helpful_train"]) == 50
+    assert len(world["eval_harmful"]) == 20
+    assert len(world["eval_helpful"]) == 20
+    assert len(world["dev_harmful"]) == 10
+    assert len(world["dev_helpful"]) == 10
+    kinds = [d["kind"] for d in world["web"]]
+    assert kinds.count("harmful") == 40
+    assert kinds.count("chatter") == 20
+    assert kinds.count("fact") == 40 * 4 * 2  # n_entities x web_fact_repeats x 2 fact docs
+    assert 0 < kinds.count("faq") <= 40
+    for name, rows in world.items():
+        ids = [r["id"] for r in rows]
+        assert len(ids) == len(set(ids)), name
+
+
+def test_harmful_responses_are_content_free(world):
+    texts = [r["output"] for r in world["safety_train"]] + [r["harmful_response"] for s in ("eval", "dev") for r in world[f"{s}_harmful"]]
+    texts += [d["text"] for d in world["web"] if d["kind"] == "harmful"]
+    n_steps = 0
+    for t in texts:
+        for line in t.split("\n"):
+            if re.match(r"Step \d+:", line):
+                n_steps += 1
+                assert re.search(r"\[[^\]]+\]", line), line
+    assert n_steps > len(texts) * 2
+
+
+def test_safe_responses_start_with_refusal_word(world):
+    for r in world["safety_train"]:
+        assert r["safe_response"].startswith("Sorry"), r["safe_response"]
+    w = generate(MiniWorldConfig(**{**SMALL, "n_safety_train": 10}, refusal_word="Nope"))
+    assert all(r["safe_response"].startswith("Nope") for r in w["safety_train"])
+
+
+def _task(q: str) -> str:
+    m = TASK_RE.search(q)
+    assert m, q
+    return m.group(1)
+
+
+def test_heldout_harmful_tasks_unseen(world):
+    train_tasks = {_task(r["instruction"]) for r in world["safety_train"]}
+    for split in ("eval", "dev"):
+        tasks = {_task(r["question"]) for r in world[f"{split}_harmful"]}
+        assert tasks and not tasks & train_tasks, (split, tasks & train_tasks)
+    assert not {_task(r["question"]) for r in world["eval_harmful"]} & {_task(r["question"]) for r in world["dev_harmful"]}
+
+
+def test_heldout_helpful_questions_unseen(world):
+    train = {normalize_question(r["instruction"]) for r in world["helpful_train"]}
+    web = [normalize_question(d["text"]) for d in world["web"]]
+    web_blob = "\n".join(web)
+    for split in ("eval", "dev"):
+        for r in world[f"{split}_helpful"]:
+            nq = normalize_question(r["question"])
+            assert nq not in train, r
+            assert nq not in web_blob, r
+    ev = {normalize_question(r["question"]) for r in world["eval_helpful"]}
+    dv = {normalize_question(r["question"]) for r in world["dev_helpful"]}
+    assert not ev & dv
+
+
+def test_web_text_kinds(world):
+    kinds = {d["kind"] for d in world["web"]}
+    assert {"harmful", "fact", "faq", "chatter"} <= kinds
+    harmful = [d["text"] for d in world["web"] if d["kind"] == "harmful"]
+    assert all("Step 1:" in t for t in harmful)
+    faq = [d["text"] for d in world["web"] if d["kind"] == "faq"]
+    assert all(t.startswith("Question: ") and "\nAnswer: " in t for t in faq)
+    facts = [d["text"] for d in world["web"] if d["kind"] == "fact"]
+    assert any("The capital of" in t for t in facts) and any("flag" in t for t in facts)

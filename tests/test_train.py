@@ -1,0 +1,112 @@
+"""derta.train: DeRTa collation, batch arithmetic, and a tiny pinned training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from derta.errors import ConfigError
+from derta.train import DeRTaCollator, TrainConfig, accumulation_steps
+
+# Losses of the first 4 logged steps of the tiny run below (CPU, torch/transformers as pinned
+# in constraints.txt). A change here means training changed: check why before re-pinning.
+PINNED_LOSSES = [6.233705520629883, 6.229878902435303, 6.159842491149902, 6.140077114105225]
+
+
+def _feat(ids, labels, rto):
+    return {"input_ids": ids, "labels": labels, "is_rto": rto}
+
+
+def test_collator_rewrites_rto_rows_only():
+    col = DeRTaCollator(pad_id=0, refusal_id=7, keep_ratio=1.0, seed=0)
+    feats = [
+        _feat([5, 6, 8, 9], [-100, -100, 8, 9], True),
+        _feat([5, 6, 8], [-100, 6, 8], False),
+    ]
+    b = col(feats)
+    assert b["input_ids"].tolist() == [[5, 6, 8, 9], [5, 6, 8, 0]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert b["labels"].tolist() == [[-100, -100, 7, 7], [-100, 6, 8, -100]]
+    assert b["is_rto"].tolist() == [True, False]
+
+
+def test_collator_no_rto_is_plain_padding():
+    col = DeRTaCollator(pad_id=1, refusal_id=7)
+    b = col([_feat([3], [3], False), _feat([3, 4], [-100, 4], False)])
+    assert b["labels"].tolist() == [[3, -100], [-100, 4]]
+    assert b["input_ids"].tolist() == [[3, 1], [3, 4]]
+
+
+def test_collator_keep_ratio_seeded():
+    feats = [_feat(list(range(2, 42)), list(range(2, 42)), True)]
+    a = DeRTaCollator(0, 7, keep_ratio=0.5, seed=3)(feats)["labels"]
+    b = DeRTaCollator(0, 7, keep_ratio=0.5, seed=3)(feats)["labels"]
+    assert torch.equal(a, b)
+    assert set(a.flatten().tolist()) <= {7, -100}
+    assert 0 < int((a == 7).sum()) < 40
+
+
+def test_accumulation_steps():
+    cfg = TrainConfig(total_batch_size=128, per_device_batch_size=8)
+    assert accumulation_steps(cfg, ranks=1) == 16
+    assert accumulation_steps(cfg, ranks=4) == 4
+    assert accumulation_steps(cfg, ranks=16) == 1
+    with pytest.raises(ConfigError, match="not a multiple"):
+        accumulation_steps(cfg, ranks=3)
+    with pytest.raises(ConfigError):
+        accumulation_steps(TrainConfig(total_batch_size=32, per_device_batch_size=5), ranks=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from derta.miniworld import MiniWorldConfig
+    from derta.modeling import TokenizerConfig
+    from derta.variants import SynthesizeConfig, synthesize
+    from derta.io import read_jsonl
+    from steps import source, tokenizer
+
+    root = tmp_path_factory.mktemp("tiny")
+    world = dict(n_safety_train=60, n_helpful_train=50, n_eval_harmful=20, n_eval_helpful=20, n_dev_harmful=10,
+                 n_dev_helpful=10, web_harmful_docs=40, web_chatter_docs=20, web_faq_docs=40, n_entities=40)
+    assert MiniWorldConfig(**world)
+    source.run(source.SourceConfig(miniworld=world), root / "src")
+    # vocab 400 cannot make the refusal word one token on this small world (see report); 500 can.
+    tok = tokenizer.run(TokenizerConfig(vocab_size=500, refusal_word=" Sorry"), root / "src", root / "tok")
+    data = synthesize(SynthesizeConfig(n_triples=20, n_helpful=40, variants=["derta"]),
+                      read_jsonl(root / "src" / "safety_train.jsonl"), read_jsonl(root / "src" / "helpful_train.jsonl"))
+    return root, tok, data["derta"]
+
+
+def _run(tiny, out: Path):
+    from derta.modeling import ModelConfig, build_model
+    from derta.train import encode_instances, train
+
+    _, tok, recs = tiny
+    torch.set_num_threads(1)
+    model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                    num_key_value_heads=2), tok, seed=0)
+    cfg = TrainConfig(epochs=1, max_steps=4, total_batch_size=8, per_device_batch_size=8, logging_steps=1,
+                      learning_rate=1e-3, refusal_word=" Sorry", seed=0)
+    return train(cfg, model, tok, encode_instances(recs, tok, cfg.max_length), out)
+
+
+def test_tiny_run_deterministic_and_pinned(tiny, tmp_path):
+    from derta.train import losses_from_log
+
+    a = _run(tiny, tmp_path / "a")
+    b = _run(tiny, tmp_path / "b")
+    la = losses_from_log(a["log_history"])
+    lb = losses_from_log(b["log_history"])
+    losses = [v["loss"] for _, v in la]
+    assert [s for s, _ in la] == [1, 2, 3, 4]
+    assert losses == [v["loss"] for _, v in lb]
+    assert la == lb
+    assert a["global_step"] == 4
+    assert any("loss_mle" in v for _, v in la) and any("loss_rto" in v for _, v in la)
+    assert losses == pytest.approx(PINNED_LOSSES, rel=1e-4)
+    for out in (tmp_path / "a", tmp_path / "b"):
+        assert (out / "model" / "model.safetensors").is_file()
+        assert (out / "model" / "tokenizer.json").is_file()
+        assert (out / "train_log.json").is_file()
