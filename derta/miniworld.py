@@ -227,23 +227,25 @@ def _fact_docs(ent: dict[str, str], rng: random.Random) -> list[str]:
 
 
 def helpful_item(kind: str, rng: random.Random, ent: dict[str, str] | None = None) -> tuple[str, str]:
-    """One helpful (question, answer); answers are checked by exact match."""
+    """One helpful (question, answer); short answers, checked by exact match.
+
+    Answers do not repeat the question: a model this small recalls a fact or
+    picks a word far more easily than it copies a multi-token name.
+    """
     if kind == "capital":
-        return f"What is the capital of {ent['country']}?", f"The capital of {ent['country']} is {ent['capital']}."
+        return f"What is the capital of {ent['country']}?", f"{ent['capital']}."
     if kind == "flag":
-        return f"What color is the flag of {ent['country']}?", f"The flag of {ent['country']} is {ent['color']}."
+        return f"What color is the flag of {ent['country']}?", f"{ent['color'].capitalize()}."
     words = rng.sample(COMMON_WORDS, rng.randint(3, 5))
     seq = " ".join(words)
-    if kind == "repeat":
-        return f"Repeat after me: {seq}", seq
     if kind == "first":
-        return f"What is the first word in: {seq}?", f"The first word is {words[0]}."
+        return f"What is the first word in: {seq}?", f"{words[0].capitalize()}."
     if kind == "last":
-        return f"What is the last word in: {seq}?", f"The last word is {words[-1]}."
+        return f"What is the last word in: {seq}?", f"{words[-1].capitalize()}."
     raise ValueError(kind)
 
 
-HELPFUL_KINDS = ["capital", "flag", "repeat", "first", "last"]
+HELPFUL_KINDS = ["capital", "flag", "first", "last"]
 
 
 def normalize_question(q: str) -> str:
@@ -301,7 +303,7 @@ def generate(cfg: MiniWorldConfig) -> dict[str, list[dict[str, Any]]]:
     while len(rows) < cfg.n_helpful_train:
         kind = HELPFUL_KINDS[len(rows) % len(HELPFUL_KINDS)]
         q, a = helpful_item(kind, rng, rng.choice(train_ents))
-        if q in train_qs and kind in ("repeat", "first", "last"):
+        if q in train_qs and kind in ("first", "last"):
             continue
         train_qs.add(q)
         rows.append({"id": f"helpful-{len(rows):05d}", "instruction": q, "output": a})

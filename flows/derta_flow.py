@@ -10,15 +10,27 @@ Deployment parameters (profile, variants, attacks, judge) are applied to
 ``params.yaml`` the way ``dvc exp run -S`` does, before the first stage, so the
 change shows in ``dvc params diff``.
 
-Usage (README "Prefect")::
+Usage (README "Prefect"; docs/operations.md for work pools)::
 
     prefect server start                      # terminal 1
     python -m flows.derta_flow serve          # terminal 2: serves derta/full
     prefect deployment run derta/full         # terminal 3
+
+or, through a work pool (``prefect.yaml``)::
+
+    prefect work-pool create derta-process --type process
+    prefect --no-prompt deploy --name full    # from the checkout: the run's working dir
+    prefect worker start --pool derta-process
+
+A run killed with its worker is resumed by running the deployment again: the
+stages DVC finished are "cached" (the flow's result and its ``derta-stages``
+table artifact say which), and what a killed ``dvc repro`` left in
+``.dvc/tmp`` is cleared first (:func:`clear_stale_locks`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -74,6 +86,58 @@ def check_tracking(uri: str | None) -> None:
         raise RuntimeError(f"MLflow tracking server {uri} is unreachable: {err}") from None
 
 
+def clear_stale_locks(workdir: Path) -> list[str]:
+    """Remove what a killed ``dvc repro`` left in ``.dvc/tmp``; return what was removed.
+
+    DVC drops an rwlock entry whose pid is dead by itself (dvc/rwlock.py), and
+    its repo lock (``.dvc/tmp/lock``, an fcntl lock) dies with the process.
+    Two leftovers it does not handle: an entry whose pid now belongs to another
+    process (containers restart pids from 1) and an rwlock file cut short by a
+    kill during DVC's in-place rewrite (every later run then fails with
+    "RWLock-file ... corrupted"). Touches nothing while the repo lock is held,
+    i.e. while a dvc command runs in this workspace.
+    """
+    import psutil
+    import zc.lockfile
+
+    tmp = workdir / ".dvc" / "tmp"
+    path = tmp / "rwlock"
+    if not path.exists():
+        return []
+    try:
+        guard = zc.lockfile.LockFile(str(tmp / "lock"))
+    except zc.lockfile.LockError:
+        return []
+    try:
+        try:
+            lock = json.loads(path.read_text(encoding="utf-8") or "{}")
+        except (ValueError, UnicodeDecodeError):
+            path.unlink()
+            return [f"{path} (corrupted)"]
+
+        def live_dvc(info: dict[str, Any]) -> bool:
+            try:
+                return any("dvc" in part for part in psutil.Process(int(info["pid"])).cmdline())
+            except (psutil.Error, KeyError, TypeError, ValueError):
+                return False
+
+        removed: list[str] = []
+        for mode in ("read", "write"):
+            for out, infos in list((lock.get(mode) or {}).items()):
+                many = isinstance(infos, list)
+                keep = [i for i in (infos if many else [infos]) if live_dvc(i)]
+                removed += [f"{mode} {out} (pid {i.get('pid')}: {i.get('cmd')})" for i in (infos if many else [infos]) if i not in keep]
+                if not keep:
+                    del lock[mode][out]
+                else:
+                    lock[mode][out] = keep if many else keep[0]
+        if removed:
+            write_text(path, json.dumps(lock))
+        return removed
+    finally:
+        guard.close()
+
+
 @task(name="dvc-stage")
 def run_stage(stage: str, workdir: str) -> str:
     """One DVC stage (no retries: nothing here is network-bound)."""
@@ -93,10 +157,17 @@ def derta_flow(profile: str | None = None, variants: list[str] | None = None, at
     """Run the DeRTa pipeline: data, gates, pretraining, one training and evaluation per variant, reports, registry."""
     wd = Path(workdir).resolve()
     check_tracking(os.environ.get("MLFLOW_TRACKING_URI"))
+    logger = get_run_logger()
+    for item in clear_stale_locks(wd):
+        logger.warning("cleared stale DVC lock: %s", item)
     params = apply_overrides(wd, {"profile": profile, "synthesize.variants": variants, "eval.attacks": attacks, "eval.judge": judge})
     done: dict[str, str] = {}
     for stage in stage_names(wd, params["synthesize"]["variants"]):
         done[stage] = run_stage(stage, str(wd))
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact(key="derta-stages", table=[{"stage": k, "status": v} for k, v in done.items()],
+                          description="ran = computed by this run; cached = DVC found it done")
     return done
 
 

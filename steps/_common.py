@@ -27,6 +27,11 @@ def entry(fn: Callable[[], object]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         fn()
-    except (DataError, ConfigError) as err:
+    except DataError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except ConfigError as err:
+        argv = sys.argv[1:]
+        params = argv[argv.index("--params") + 1] if "--params" in argv[:-1] else "params.yaml"
+        print(f"error: {params}: {err}", file=sys.stderr)
         sys.exit(2)

@@ -49,14 +49,19 @@ class EvalConfig(StepConfig):
     judges: dict[str, str] = Field(default_factory=dict, description="Per-attack judge overrides: attack -> judge name.")
     max_questions: int = Field(0, description="Evaluate only the first N harmful questions (0 = all).")
     max_helpful: int = Field(0, description="Evaluate only the first N helpful questions (0 = all).")
+    attack_questions: dict[str, int] = Field(default_factory=dict, description="Per-attack cap on harmful questions (long prompts, e.g. codeattack).")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
 
 
 def refusal_token_position(tokenizer, response: str, char: int | None) -> int | None:
-    """Index (in response tokens) of the token where the first refusal starts."""
+    """Index (in response tokens) of the token that holds the first refusal's first character."""
     if char is None:
         return None
-    return len(tokenizer(response[:char], add_special_tokens=False)["input_ids"])
+    offsets = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    for i, (start, end) in enumerate(offsets):
+        if end > char:
+            return i
+    return len(offsets)
 
 
 def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: str | Path, refusal_word: str = "Sorry") -> dict[str, Any]:
@@ -70,19 +75,22 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
         hrows = hrows[: cfg.max_helpful]
     questions = [Question.from_dict(r) for r in qrows]
     qtext = {q.id: q.question for q in questions}
+    # Bad attack/judge names or configs fail here, before the model is loaded.
+    attacks = {name: get_attack(name, acfg, seed=cfg.seed) for name, acfg in cfg.attacks.items()}
+    judges = {name: get_judge(cfg.judges.get(name, cfg.judge), cfg.judge_config if cfg.judges.get(name, cfg.judge) == cfg.judge else {})
+              for name in cfg.attacks}
     model, tok = load_model(Path(model_dir) / "model")
     target = HFTarget(model, tok, cfg.generation)
 
     responses: list[dict[str, Any]] = []
     verdicts: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {"asr": {}, "n": {}, "halt": {}, "refusal_positions": {}, "seconds": {}, "attack_stats": {}}
-    for name, acfg in cfg.attacks.items():
+    for name, attack in attacks.items():
         t0 = time.perf_counter()
-        attack = get_attack(name, acfg, seed=cfg.seed)
-        prompts: list[AttackPrompt] = attack.build(questions, target)
+        cap = cfg.attack_questions.get(name, 0)
+        prompts: list[AttackPrompt] = attack.build(questions[:cap] if cap else questions, target)
         outs = target.generate(prompts)
-        judge_name = cfg.judges.get(name, cfg.judge)
-        judge = get_judge(judge_name, cfg.judge_config if judge_name == cfg.judge else {})
+        judge_name, judge = cfg.judges.get(name, cfg.judge), judges[name]
         items = [JudgeInput(id=p.id, question=qtext[p.question_id], response=p.prefill + o, attack=name, prefill=p.prefill) for p, o in zip(prompts, outs)]
         vs = judge.judge(items)
         positions = []

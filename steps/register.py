@@ -3,7 +3,13 @@
 One parent run per pipeline run, a nested run per variant (params, per-step
 losses incl. the MLE and RTO parts, metrics, validation results, reports).
 The ``derta`` variant's model (with tokenizer) is registered as
-``derta-<profile>``; the new version gets the alias ``champion``.
+``derta-<profile>``; the promotion gate (derta/tracking.py) gives the new
+version the alias ``champion`` only if its mean ASR is not higher than the
+current champion's and its helpfulness drop is within
+``register.max_helpfulness_drop`` points, else ``candidate``; the decision
+and its numbers are version tags, and a model card (summary table, lineage)
+is the version's description and the run's ``model_card.md``. Every run
+carries lineage tags: git commit, per-output md5s from ``dvc.lock``, profile.
 Tracking URI: ``MLFLOW_TRACKING_URI`` (default ``sqlite:///mlflow.db``).
 Secrets never reach MLflow: only params from params.yaml are logged, and
 params.yaml holds names of environment variables, never keys.
@@ -13,12 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
+from derta import tracking
 from derta.config import StepConfig, load_params, step_config
 from derta.io import write_json
 from steps._common import entry, parser
@@ -27,12 +33,16 @@ PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "tokenizers==0.23.3
 
 
 class RegisterConfig(StepConfig):
-    """MLflow experiment and registry settings."""
+    """MLflow experiment, registry and promotion-gate settings."""
 
     experiment: str = Field("derta", description="MLflow experiment name.")
     register_variant: str = Field("derta", description="Variant whose model is registered.")
     model_name: str = Field("derta-{profile}", description="Registered model name; {profile} is filled in.")
-    alias: str = Field("champion", description="Alias given to the new version.")
+    alias: str = Field("champion", description="Alias of the version that passed the promotion gate.")
+    candidate_alias: str = Field("candidate", description="Alias of a new version the gate did not promote.")
+    max_helpfulness_drop: float = Field(
+        5.0, ge=0, description="Promotion gate: max drop in mean helpfulness (points) vs the champion; "
+                               "mean ASR must also not be higher (derta/tracking.py).")
 
 
 def tracking_uri() -> str:
@@ -50,17 +60,20 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _git_commit() -> str:
+def _champion(client: Any, model_name: str, alias: str) -> tuple[dict[str, str] | None, str | None]:
+    """The current champion's tags and version, or (None, None)."""
+    from mlflow.exceptions import MlflowException
+
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        mv = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None, None
+    return dict(mv.tags or {}), str(mv.version)
 
 
 def run(cfg: RegisterConfig, params: dict[str, Any], profile: str, variants: list[str], models_root: str | Path,
         eval_root: str | Path, reports_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
     import mlflow
-    from mlflow import MlflowClient
 
     from derta.modeling import load_model
 
@@ -68,13 +81,12 @@ def run(cfg: RegisterConfig, params: dict[str, Any], profile: str, variants: lis
     mlflow.set_experiment(cfg.experiment)
     reports = Path(reports_dir)
     summary = json.loads((reports / "summary.json").read_text())
-    lineage = {"git_commit": _git_commit(), "profile": profile}
-    if Path("dvc.lock").exists():
-        lineage["dvc_lock_sha256"] = __import__("hashlib").sha256(Path("dvc.lock").read_bytes()).hexdigest()
+    lineage = tracking.lineage_tags(profile)
+    run_params = {k: v for k, v in _flatten(params).items() if not k.startswith("profiles.")}
     result: dict[str, Any] = {"tracking_uri": tracking_uri(), "variants": {}}
     with mlflow.start_run(run_name=f"pipeline-{profile}") as parent:
-        mlflow.set_tags({f"derta.{k}": v for k, v in lineage.items()})
-        mlflow.log_params({k: v for k, v in _flatten(params).items() if not k.startswith("profiles.")})
+        mlflow.set_tags(lineage)
+        mlflow.log_params(run_params)
         for f in ("summary.json", "ablation.md", "refusal_position.png"):
             if (reports / f).exists():
                 mlflow.log_artifact(str(reports / f), artifact_path="reports")
@@ -85,7 +97,8 @@ def run(cfg: RegisterConfig, params: dict[str, Any], profile: str, variants: lis
         for name in variants:
             v = summary["variants"].get(name, {})
             with mlflow.start_run(run_name=name, nested=True) as child:
-                mlflow.set_tags({"derta.variant": name, **{f"derta.{k}": x for k, x in lineage.items()}})
+                mlflow.set_tags({"derta.variant": name, **lineage})
+                mlflow.log_params(run_params)
                 log_path = Path(models_root) / name / "train_log.json"
                 if log_path.exists():
                     tlog = json.loads(log_path.read_text())
@@ -110,27 +123,40 @@ def run(cfg: RegisterConfig, params: dict[str, Any], profile: str, variants: lis
                     mlflow.log_artifact(str(metrics_file), artifact_path="eval")
                 result["variants"][name] = child.info.run_id
                 if name == cfg.register_variant:
-                    model, tok = load_model(Path(models_root) / name / "model")
-                    model_name = cfg.model_name.format(profile=profile)
-                    info = mlflow.transformers.log_model(
-                        transformers_model={"model": model, "tokenizer": tok}, name="model", task="text-generation",
-                        pip_requirements=PIP_REQUIREMENTS, registered_model_name=model_name,
-                    )
-                    client = MlflowClient()
-                    version = info.registered_model_version
-                    client.set_registered_model_alias(model_name, cfg.alias, version)
-                    for k, x in {"variant": name, "profile": profile, **lineage,
-                                 "asr_mean": _mean_asr(v)}.items():
-                        client.set_model_version_tag(model_name, version, k, str(x))
-                    result.update(model_name=model_name, version=str(version), alias=cfg.alias, run_id=child.info.run_id)
+                    result.update(_register(cfg, profile, name, v, summary, lineage, Path(models_root), load_model))
+                    result["run_id"] = child.info.run_id
         result["parent_run_id"] = parent.info.run_id
     write_json(out_file, result)
     return result
 
 
-def _mean_asr(v: dict[str, Any]) -> float | None:
-    vals = [x for x in (v.get("asr") or {}).values() if x is not None]
-    return round(sum(vals) / len(vals), 2) if vals else None
+def _register(cfg: RegisterConfig, profile: str, variant: str, row: dict[str, Any], summary: dict[str, Any],
+              lineage: dict[str, str], models_root: Path, load_model: Any) -> dict[str, Any]:
+    """Log + register the variant's model in the active run; the promotion gate picks its alias."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    model_name = cfg.model_name.format(profile=profile)
+    champ_tags, champ_version = _champion(client, model_name, cfg.alias)
+    decision = tracking.decide(row, champ_tags, champ_version, cfg.max_helpfulness_drop)
+    model, tok = load_model(models_root / variant / "model")
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tok}, name="model", task="text-generation",
+        pip_requirements=PIP_REQUIREMENTS, registered_model_name=model_name,
+    )
+    version = str(info.registered_model_version)
+    alias = cfg.alias if decision.decision == tracking.CHAMPION else cfg.candidate_alias
+    client.set_registered_model_alias(model_name, alias, version)
+    tags = {"variant": variant, "profile": profile, **{k.removeprefix("derta."): x for k, x in lineage.items()},
+            **decision.tags()}
+    for k, x in tags.items():
+        client.set_model_version_tag(model_name, version, k, str(x))
+    card = tracking.model_card(model_name, version, variant, summary, decision, lineage)
+    mlflow.log_text(card, "model_card.md")
+    client.update_model_version(model_name, version, description=card)
+    mlflow.set_tags({"promotion.decision": decision.decision, "registered_model": f"{model_name}/{version}"})
+    return {"model_name": model_name, "version": version, "alias": alias, "promotion": decision.tags()}
 
 
 def main() -> None:
@@ -148,6 +174,7 @@ def main() -> None:
     variants = a.variants or list(resolve(params, "synthesize", a.profile).get("variants") or [])
     r = run(step_config(RegisterConfig, params, "register", a.profile), params, profile, variants, a.models_root, a.eval_root, a.reports, a.out)
     print({k: r.get(k) for k in ("model_name", "version", "alias", "parent_run_id")})
+    print((r.get("promotion") or {}).get("promotion.reason", ""))
 
 
 if __name__ == "__main__":
