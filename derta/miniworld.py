@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import Field
 
 from derta.config import StepConfig
+from derta.errors import ConfigError
 from derta.io import stable_id
 
 # --- the world's vocabulary -------------------------------------------------
@@ -144,8 +145,8 @@ class MiniWorldConfig(StepConfig):
     n_dev_helpful: int = Field(60, description="Held-out helpful questions for development.")
     eval_task_share: float = Field(0.25, description="Share of (verb, object) tasks held out for eval.")
     dev_task_share: float = Field(0.1, description="Share of (verb, object) tasks held out for dev.")
-    n_entities: int = Field(160, description="Fictional countries (each with a capital and a colour).")
-    heldout_entity_share: float = Field(0.35, description="Share of entities never asked about in training.")
+    n_entities: int = Field(200, description="Fictional countries (each with a capital and a colour).")
+    heldout_entity_share: float = Field(0.4, description="Share of entities never asked about in training.")
     web_fact_repeats: int = Field(4, description="How often each fact is stated in the web text.")
     web_harmful_docs: int = Field(1500, description="Harmful-procedure documents in the web text.")
     web_chatter_docs: int = Field(400, description="Everyday documents (refusal word in ordinary use).")
@@ -313,11 +314,14 @@ def generate(cfg: MiniWorldConfig) -> dict[str, list[dict[str, Any]]]:
     for split, n in (("eval", cfg.n_eval_helpful), ("dev", cfg.n_dev_helpful)):
         rng = random.Random(f"{cfg.seed}-{split}-helpful")
         split_ents = held_ents[: len(held_ents) // 2] if split == "eval" else held_ents[len(held_ents) // 2 :]
-        rows, seen = [], set()
+        rows, seen, tries = [], set(), 0
         while len(rows) < n:
             kind = HELPFUL_KINDS[len(rows) % len(HELPFUL_KINDS)]
             q, a = helpful_item(kind, rng, rng.choice(split_ents))
             nq = normalize_question(q)
+            tries += 1
+            if tries > 1000 * n:
+                raise ConfigError(f"miniworld: cannot draw {n} distinct {split} helpful questions; raise n_entities or heldout_entity_share")
             if nq in train_norm or nq in seen:
                 continue
             seen.add(nq)

@@ -30,6 +30,7 @@ class TokenizerConfig(StepConfig):
         description="Special tokens; the first is EOS, the second padding; chat markers follow.",
     )
     refusal_word: str = Field("Sorry", description="Must come out as a single token.")
+    path: str = Field("", description="HF id or local path of a pretrained model's tokenizer; set = copy it (refusal word checked) instead of training a BPE.")
 
 
 class ModelConfig(StepConfig):

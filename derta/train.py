@@ -367,11 +367,13 @@ def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], ou
 
     from datasets import Dataset
 
-    from derta.io import atomic_path, write_json
+    from derta.io import write_json
     from derta.modeling import refusal_token_id
 
     # Only RTO instances need the refusal token (pretraining has none).
     refusal_id = refusal_token_id(tokenizer, cfg.refusal_word) if any(e["is_rto"] for e in examples) else -1
+    if tokenizer.pad_token_id is None:  # LLaMA-3 / Mistral base tokenizers have none; padded positions are masked
+        tokenizer.pad_token = tokenizer.eos_token
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prepare_distributed_env(cfg)
@@ -408,6 +410,7 @@ def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], ou
         "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
         "effective_batch": trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size,
         "deepspeed_zero_stage": stage,
+        "deepspeed_enabled": bool(trainer.is_deepspeed_enabled),
         "resumed_from": resume,
     }
     save_final_model(trainer, cfg, tokenizer, out_dir / "model")

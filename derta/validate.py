@@ -58,7 +58,7 @@ class GateConfig(StepConfig):
         0.05, ge=0, le=1, description="Largest share of repeated records (1 - distinct/rows) in a dataset."
     )
     duplicate_rate_overrides: dict[str, float] = Field(
-        {"helpful_train": 0.25, "web": 0.3, "variants": 0.2},
+        {"helpful_train": 0.4, "web": 0.75, "variants": 0.25},
         description=(
             "Per-dataset max_duplicate_rate (key: dataset name, or 'variants' for every variant file). "
             "Defaults fit the mini-world, which repeats web facts and capital/flag questions on purpose; "

@@ -45,12 +45,23 @@ from derta.io import write_text
 ENV = {"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def stage_names(workdir: Path, variants: list[str]) -> list[str]:
-    """dvc.yaml's stages in order, foreach stages expanded over ``variants``."""
+def stage_names(workdir: Path, params: dict[str, Any]) -> list[str]:
+    """dvc.yaml's stages in order, each foreach stage expanded over its params list.
+
+    ``train_dpo`` is left out unless ``dpo`` is among the evaluated variants
+    (it needs the ``vanilla`` model and nothing else reads its output).
+    """
     stages = yaml.safe_load((workdir / "dvc.yaml").read_text())["stages"]
+    evaluated = (params.get("eval") or {}).get("variants") or []
     out: list[str] = []
     for name, spec in stages.items():
-        out.extend(f"{name}@{v}" for v in variants) if "foreach" in spec else out.append(name)
+        if "foreach" in spec:
+            node: Any = params
+            for key in str(spec["foreach"]).strip("${} ").split("."):
+                node = node[key]
+            out.extend(f"{name}@{v}" for v in node)
+        elif name != "train_dpo" or "dpo" in evaluated:
+            out.append(name)
     return out
 
 
@@ -160,9 +171,12 @@ def derta_flow(profile: str | None = None, variants: list[str] | None = None, at
     logger = get_run_logger()
     for item in clear_stale_locks(wd):
         logger.warning("cleared stale DVC lock: %s", item)
-    params = apply_overrides(wd, {"profile": profile, "synthesize.variants": variants, "eval.attacks": attacks, "eval.judge": judge})
+    # `variants` names the models to train and evaluate; "dpo" among them adds the DPO baseline.
+    trained = [v for v in variants if v != "dpo"] if variants is not None else None
+    params = apply_overrides(wd, {"profile": profile, "synthesize.variants": trained, "eval.variants": variants,
+                                  "eval.attacks": attacks, "eval.judge": judge})
     done: dict[str, str] = {}
-    for stage in stage_names(wd, params["synthesize"]["variants"]):
+    for stage in stage_names(wd, params):
         done[stage] = run_stage(stage, str(wd))
     from prefect.artifacts import create_table_artifact
 

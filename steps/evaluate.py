@@ -38,6 +38,10 @@ WHITE_BOX = ("completingattack", "autodan")
 class EvalConfig(StepConfig):
     """Which attacks run, judged by whom, on which held-out split."""
 
+    variants: list[str] = Field(
+        ["vanilla", "vanilla_half", "harmful_prefix", "rto", "derta", "recaug", "dpo"],
+        description="Trained models (models/<name>) the pipeline evaluates and reports (dvc.yaml foreach).",
+    )
     split: str = Field("eval", description="Held-out split to evaluate ('eval' for reported numbers, 'dev' while developing).")
     seed: int = Field(0, description="Seed of attack draws.")
     attacks: dict[str, dict[str, Any]] = Field(

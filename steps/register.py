@@ -164,14 +164,14 @@ def main() -> None:
     p.add_argument("--models-root", required=True)
     p.add_argument("--eval-root", required=True)
     p.add_argument("--reports", required=True)
-    p.add_argument("--variants", nargs="+", default=None, help="default: params synthesize.variants")
+    p.add_argument("--variants", nargs="+", default=None, help="default: params eval.variants")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     params = load_params(a.params)
     profile = a.profile or params.get("profile", "")
     from derta.config import resolve
 
-    variants = a.variants or list(resolve(params, "synthesize", a.profile).get("variants") or [])
+    variants = a.variants or list(resolve(params, "eval", a.profile).get("variants") or [])
     r = run(step_config(RegisterConfig, params, "register", a.profile), params, profile, variants, a.models_root, a.eval_root, a.reports, a.out)
     print({k: r.get(k) for k in ("model_name", "version", "alias", "parent_run_id")})
     print((r.get("promotion") or {}).get("promotion.reason", ""))

@@ -123,14 +123,14 @@ def run(profile: str, eval_dirs: dict[str, str | Path], out_dir: str | Path) -> 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--eval-root", required=True, help="dir holding eval/<variant>/")
-    p.add_argument("--variants", nargs="+", default=None, help="default: params synthesize.variants")
+    p.add_argument("--variants", nargs="+", default=None, help="default: params eval.variants")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     params = load_params(a.params)
     profile = a.profile or params.get("profile", "")
     from derta.config import resolve
 
-    variants = a.variants or list(resolve(params, "synthesize", a.profile).get("variants") or [])
+    variants = a.variants or list(resolve(params, "eval", a.profile).get("variants") or [])
     s = run(profile, {v: Path(a.eval_root) / v for v in variants}, a.out)
     print(json.dumps({n: v["asr"] for n, v in s["variants"].items()}))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from derta.config import load_params, step_config
 from derta.io import atomic_path, read_jsonl
-from derta.modeling import TokenizerConfig, train_tokenizer
+from derta.modeling import TokenizerConfig, refusal_token_id, train_tokenizer
 from steps._common import entry, parser
 
 
@@ -28,7 +28,14 @@ def corpus(src_dir: str | Path) -> list[str]:
 
 def run(cfg: TokenizerConfig, src_dir: str | Path, out_dir: str | Path):
     with atomic_path(out_dir) as tmp:
-        tok = train_tokenizer(cfg, corpus(src_dir), tmp)
+        if cfg.path:  # a real model's tokenizer: copy it, fail before any GPU time if the refusal word is not one token
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(cfg.path)
+            refusal_token_id(tok, cfg.refusal_word)
+            tok.save_pretrained(str(tmp))
+        else:
+            tok = train_tokenizer(cfg, corpus(src_dir), tmp)
     return tok
 
 
@@ -39,7 +46,7 @@ def main() -> None:
     a = p.parse_args()
     cfg = step_config(TokenizerConfig, load_params(a.params), "tokenizer", a.profile)
     tok = run(cfg, a.source, a.out)
-    print(f"vocab {len(tok)}; refusal word {cfg.refusal_word!r} -> id {tok.convert_tokens_to_ids(cfg.refusal_word)}")
+    print(f"vocab {len(tok)}; refusal word {cfg.refusal_word!r} -> id {refusal_token_id(tok, cfg.refusal_word)}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def small_params(params: dict) -> dict:
     params["gate"] = {"duplicate_rate_overrides": {"helpful_train": 0.6, "web": 0.6, "variants": 0.5, "dpo_pairs": 0.2},
                       "max_duplicate_rate": 0.2}
     params["synthesize"].update(n_triples=20, n_helpful=40, variants=["vanilla", "derta"])
+    params["eval"]["variants"] = ["vanilla", "derta"]
     # vocab 400 does not make the refusal word one token on this world; " Sorry" is what training uses.
     params["tokenizer"].update(vocab_size=500, refusal_word=" Sorry")
     params["model"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)

@@ -16,12 +16,17 @@ from tests.pipeline_helpers import REPO, VENV_BIN, env, free_port, make_workspac
 
 
 def test_stage_names_expand_foreach():
-    names = stage_names(REPO, ["vanilla", "derta"])
+    params = {"synthesize": {"variants": ["vanilla", "derta"]}, "eval": {"variants": ["vanilla", "derta"]}}
+    names = stage_names(REPO, params)
     assert names == [
         "source", "gate_source", "synthesize", "gate_variants", "tokenizer", "pretrain",
         "train@vanilla", "train@derta", "evaluate@vanilla", "evaluate@derta", "report", "register",
     ]
-    assert stage_names(REPO, []) == ["source", "gate_source", "synthesize", "gate_variants", "tokenizer", "pretrain", "report", "register"]
+    params["eval"]["variants"].append("dpo")
+    assert stage_names(REPO, params)[6:] == ["train@vanilla", "train@derta", "train_dpo", "evaluate@vanilla", "evaluate@derta",
+                                             "evaluate@dpo", "report", "register"]
+    empty = {"synthesize": {"variants": []}, "eval": {"variants": []}}
+    assert stage_names(REPO, empty) == ["source", "gate_source", "synthesize", "gate_variants", "tokenizer", "pretrain", "report", "register"]
 
 
 def test_apply_overrides(tmp_path):

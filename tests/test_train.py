@@ -12,7 +12,7 @@ from derta.train import DeRTaCollator, TrainConfig, accumulation_steps
 
 # Losses of the first 4 logged steps of the tiny run below (CPU, torch/transformers as pinned
 # in constraints.txt). A change here means training changed: check why before re-pinning.
-PINNED_LOSSES = [6.233705520629883, 6.229878902435303, 6.159842491149902, 6.140077114105225]
+PINNED_LOSSES = [6.237545013427734, 6.245876312255859, 6.1635332107543945, 6.154006004333496]
 
 
 def _feat(ids, labels, rto):

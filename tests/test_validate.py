@@ -219,7 +219,7 @@ def test_duplicate_variant_rows(copy):
     with pytest.raises(GateError) as ei:
         gate_variants(var, src, only("harmful_prefix"))
     assert failed(ei.value) == {"harmful_prefix:duplicate_rate:prefix+text"}
-    assert "duplicate rate of (prefix, text) <= 0.2" in str(ei.value)
+    assert "duplicate rate of (prefix, text) <= 0.25" in str(ei.value)
 
 
 def test_rto_text_not_whole_harmful_response(copy):
