@@ -236,13 +236,13 @@ def helpful_item(kind: str, rng: random.Random, ent: dict[str, str] | None = Non
     if kind == "capital":
         return f"What is the capital of {ent['country']}?", f"{ent['capital']}."
     if kind == "flag":
-        return f"What color is the flag of {ent['country']}?", f"{ent['color'].capitalize()}."
+        return f"What color is the flag of {ent['country']}?", f"{ent['color']}."
     words = rng.sample(COMMON_WORDS, rng.randint(3, 5))
     seq = " ".join(words)
     if kind == "first":
-        return f"What is the first word in: {seq}?", f"{words[0].capitalize()}."
+        return f"What is the first word in: {seq}?", f"{words[0]}."
     if kind == "last":
-        return f"What is the last word in: {seq}?", f"{words[-1].capitalize()}."
+        return f"What is the last word in: {seq}?", f"{words[-1]}."
     raise ValueError(kind)
 
 

@@ -12,7 +12,7 @@ from derta.train import DeRTaCollator, TrainConfig, accumulation_steps
 
 # Losses of the first 4 logged steps of the tiny run below (CPU, torch/transformers as pinned
 # in constraints.txt). A change here means training changed: check why before re-pinning.
-PINNED_LOSSES = [6.237545013427734, 6.245876312255859, 6.1635332107543945, 6.154006004333496]
+PINNED_LOSSES = [6.238438606262207, 6.228606224060059, 6.1493144035339355, 6.148786544799805]
 
 
 def _feat(ids, labels, rto):
