@@ -2,7 +2,8 @@
 
 For each seed, ``dvc exp run -S data.seed=S -S synthesize.seed=S -S train.seed=S``
 re-runs the pipeline as a DVC experiment; the seed's ``reports/summary.json``
-is kept as ``reports/seeds/seed-S.json``. Then the mean and spread (population
+is kept as ``reports/seeds/seed-S.json`` (a seed whose file exists is not
+rerun, so an interrupted run resumes). Then the mean and spread (population
 standard deviation) of every ASR and helpfulness figure go to
 ``reports/seeds/summary.json`` and ``reports/seeds/summary.md``.
 """
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     dvc = str(Path(sys.executable).parent / "dvc")
     per_seed: dict[int, dict[str, Any]] = {}
     for s in a.seeds:
+        done = out / f"seed-{s}.json"
+        if done.exists():  # resumable: a seed already summarised is not rerun
+            per_seed[s] = json.loads(done.read_text())
+            continue
         cmd = [dvc, "exp", "run", "-S", f"data.seed={s}", "-S", f"synthesize.seed={s}", "-S", f"train.seed={s}"]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
