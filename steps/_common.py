@@ -25,6 +25,8 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
 def entry(fn: Callable[[], object]) -> None:
     """Run a stage main; bad input or config exits 2 with one clear line, nothing half-written."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("great_expectations", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         fn()
     except DataError as err:

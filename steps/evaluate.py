@@ -57,6 +57,11 @@ class EvalConfig(StepConfig):
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
 
 
+def _given(p: AttackPrompt) -> str:
+    """Attacker-written text the model continues: the prefill, or the whole raw prompt."""
+    return p.prefill if p.chat else p.text
+
+
 def refusal_token_position(tokenizer, response: str, char: int | None) -> int | None:
     """Index (in response tokens) of the token that holds the first refusal's first character."""
     if char is None:
@@ -95,13 +100,18 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
         prompts: list[AttackPrompt] = attack.build(questions[:cap] if cap else questions, target)
         outs = target.generate(prompts)
         judge_name, judge = cfg.judges.get(name, cfg.judge), judges[name]
-        items = [JudgeInput(id=p.id, question=qtext[p.question_id], response=p.prefill + o, attack=name, prefill=p.prefill) for p, o in zip(prompts, outs)]
+        # The judge reads the model's words in their context: what the attacker wrote
+        # for the model to continue (a prefill, or a raw opening such as
+        # CompletingAttack's "Here is how to X. Step 1:") is the response's start,
+        # and never counts as the model's own steps.
+        items = [JudgeInput(id=p.id, question=qtext[p.question_id], response=_given(p) + o, attack=name, prefill=_given(p))
+                 for p, o in zip(prompts, outs)]
         vs = judge.judge(items)
         positions = []
         for p, item, v in zip(prompts, items, vs):
             pos = refusal_token_position(tok, item.response, v.refusal_char)
             responses.append({"id": p.id, "attack": name, "question_id": p.question_id, "prompt": format_prompt(p, cfg.generation, tok),
-                              "prefill": p.prefill, "response": item.response, "meta": p.meta})
+                              "prefill": item.prefill, "response": item.response, "meta": p.meta})
             verdicts.append({**v.to_dict(), "attack": name, "judge": judge_name, "refusal_pos": pos, "question_id": p.question_id})
             if pos is not None:
                 positions.append(pos)
