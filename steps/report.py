@@ -91,9 +91,14 @@ def plot_refusal_positions(metrics: dict[str, dict[str, Any]], path: Path) -> No
     import matplotlib.pyplot as plt
 
     attacks = sorted({a for m in metrics.values() for a in m["refusal_positions"]})
-    fig, axes = plt.subplots(1, 1 + len(attacks), figsize=(4 * (1 + len(attacks)), 3.6), squeeze=False)
     panels = [("all attacks", None), *[(a, a) for a in attacks]]
-    for ax, (title, attack) in zip(axes[0], panels):
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), squeeze=False)
+    flat = axes.ravel()
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, attack) in zip(flat, panels):
         for name, m in metrics.items():
             pos = sorted(p for a, ps in m["refusal_positions"].items() if attack in (None, a) for p in ps)
             if not pos:
@@ -102,8 +107,9 @@ def plot_refusal_positions(metrics: dict[str, dict[str, Any]], path: Path) -> No
         ax.set_title(title)
         ax.set_xlabel("first refusal token position")
         ax.set_ylim(0, 1.02)
-    axes[0][0].set_ylabel("cumulative share of refusals")
-    axes[0][0].legend(fontsize=7)
+    for row in axes:
+        row[0].set_ylabel("cumulative share of refusals")
+    flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
