@@ -31,7 +31,8 @@ def test_deployment_runs_on_process_work_pool(pipeline_run):
     assert dep["entrypoint"] == "flows/derta_flow.py:derta_flow"
     assert set(dep["parameter_openapi_schema"]["properties"]) >= {"profile", "variants", "attacks", "judge"}
     stages = pipeline_run["stages2"]
-    assert list(stages) == fl.stage_names(pipeline_run["ws"], ["vanilla", "derta"])
+    variants = {"synthesize": {"variants": ["vanilla", "derta"]}, "eval": {"variants": ["vanilla", "derta"]}}
+    assert list(stages) == fl.stage_names(pipeline_run["ws"], variants)
     assert (pipeline_run["ws"] / "reports" / "registry.json").is_file()
     print("timings", pipeline_run["timings"])
 
