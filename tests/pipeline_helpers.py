@@ -121,3 +121,23 @@ def stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout=timeout)
+
+
+def post_retrying(url: str, json: dict, tries: int = 8, timeout: float = 30.0):
+    """POST to a local test server, retrying 5xx / connection errors (a loaded SQLite-backed server answers 503)."""
+    import httpx
+
+    delay = 0.5
+    for attempt in range(tries):
+        try:
+            r = httpx.post(url, json=json, timeout=timeout)
+            if r.status_code < 500:
+                r.raise_for_status()
+                return r
+        except httpx.TransportError:
+            if attempt == tries - 1:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 8.0)
+    r.raise_for_status()
+    return r

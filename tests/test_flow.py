@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from flows.derta_flow import apply_overrides, stage_names
-from tests.pipeline_helpers import REPO, VENV_BIN, env, free_port, make_workspace, stop, wait_http
+from tests.pipeline_helpers import REPO, VENV_BIN, env, free_port, make_workspace, post_retrying, stop, wait_http
 
 
 def test_stage_names_expand_foreach():
@@ -87,7 +87,7 @@ def test_deployment_against_real_servers(tmp_path):
             time.sleep(1)
         assert dep, "deployment derta/full never appeared"
 
-        r = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={}, timeout=10)
+        r = post_retrying(f"{api}/deployments/{dep['id']}/create_flow_run", {})
         r.raise_for_status()
         run_id = r.json()["id"]
         state = None

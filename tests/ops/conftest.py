@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.pipeline_helpers import VENV_BIN, env, free_port, make_workspace, small_params, stop, wait_http
+from tests.pipeline_helpers import VENV_BIN, env, free_port, make_workspace, post_retrying, small_params, stop, wait_http
 
 POOL = "derta-process"
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -140,8 +140,7 @@ def pipeline_run(servers, tmp_path_factory):
                                 stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def create_run() -> str:
-        r = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}, timeout=10)
-        r.raise_for_status()
+        r = post_retrying(f"{api}/deployments/{dep['id']}/create_flow_run", {"parameters": parameters})
         return r.json()["id"]
 
     w1 = worker(logs[0])
