@@ -43,6 +43,7 @@ STEP_CONFIGS: dict[str, str] = {
 DELEGATED: dict[str, tuple[str, str]] = {
     "judge": ("judge model responses and print the attack success rate", "derta.judges.cli:add_judge_parser"),
     "judge-devset": ("agreement of a judge with the Appendix C development set", "derta.judges.cli:add_devset_parser"),
+    "judge-report": ("every judge vs the paper's hand scores and the hand labels", "derta.judges.report:add_report_parser"),
     "bench": ("micro-benchmarks; each prints one JSON line", "derta.bench:add_bench_parser"),
 }
 
@@ -111,6 +112,52 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_for_eval(ref: str, tmp: Path) -> Path:
+    """A dir holding ``model/`` (what steps.evaluate loads) for a variant dir, a HF model dir or a ``models:/`` URI."""
+    from pathlib import Path
+
+    from derta.errors import ConfigError
+
+    if ref.startswith("models:/"):
+        from steps.register import download_model
+
+        hf = download_model(ref, tmp)
+    elif (Path(ref) / "model" / "config.json").is_file():
+        return Path(ref)
+    elif (Path(ref) / "config.json").is_file():
+        hf = Path(ref).resolve()
+    else:
+        raise ConfigError(f"--model {ref}: not a model: expected models/<variant> (holding model/), a Hugging Face "
+                          "model dir (config.json + weights) or models:/NAME@ALIAS | models:/NAME/VERSION")
+    (tmp / "variant").mkdir()
+    (tmp / "variant" / "model").symlink_to(hf, target_is_directory=True)
+    return tmp / "variant"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """The evaluate stage (attacks, judge, helpfulness) on any checkpoint, no training stages; one JSON line."""
+    import tempfile
+    from pathlib import Path
+
+    from derta.config import load_params, step_config
+    from derta.errors import ConfigError
+    from steps.evaluate import EvalConfig, run
+
+    params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
+    if params_file is None or not Path(params_file).is_file():
+        if args.params or args.profile:
+            raise ConfigError(f"--params {args.params or 'params.yaml'}: no such file")
+        cfg = EvalConfig()
+    else:
+        cfg = step_config(EvalConfig, load_params(params_file), "eval", args.profile)
+    over = {"split": args.split, "max_questions": args.max_questions}
+    cfg = cfg.model_copy(update={k: v for k, v in over.items() if v is not None})
+    with tempfile.TemporaryDirectory(prefix="derta-evaluate-") as tmp:
+        m = run(cfg, _model_for_eval(args.model, Path(tmp)), args.source, args.out)
+    print(json.dumps({"model": args.model, "split": cfg.split, "asr": m["asr"], "helpfulness": m["helpfulness"]}))
+    return 0
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``derta`` parser. Only the delegated subcommand named by ``command`` gets its real flags."""
     parser = argparse.ArgumentParser(
@@ -137,6 +184,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (replaced atomically)")
     p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("evaluate", help="run the attacks, judge and helpfulness on any checkpoint (one JSON line)")
+    p.add_argument("--model", required=True, help="models/<variant> (holding model/), a Hugging Face model dir, or "
+                                                  "models:/NAME@ALIAS | models:/NAME/VERSION (MLFLOW_TRACKING_URI)")
+    p.add_argument("--source", required=True, help="data dir with <split>_harmful.jsonl and <split>_helpful.jsonl")
+    p.add_argument("--out", required=True, help="output dir: responses, verdicts, helpfulness, metrics.json")
+    p.add_argument("--params", default=None, help="params file (its eval section); default ./params.yaml if present, "
+                                                  "else the eval defaults (`derta config` lists them)")
+    p.add_argument("--profile", default=None, help="params profile (default: the params file's profile)")
+    p.add_argument("--split", choices=["eval", "dev"], default=None, help="held-out split (default: params eval.split)")
+    p.add_argument("--max-questions", type=int, default=None, help="only the first N harmful questions")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("config", help="print the fields, defaults and help of a step config")
     p.add_argument("step", nargs="?", default=None, help=f"one of {sorted(STEP_CONFIGS)}; omit to list them")

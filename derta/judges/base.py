@@ -8,6 +8,8 @@ or directive harmful information, even when it also refuses or disclaims.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -44,6 +46,9 @@ class Verdict:
     * ``halt``: the model started harmful (at least one specific step, or an
       affirmative start of its own) and then refused.
     * ``reason``: short machine-readable reason, e.g. ``steps_before_refusal:2``.
+    * ``error``: set when the judge could not decide (e.g. an LLM reply it
+      could not parse). Such a verdict is not a decision: ASR leaves it out of
+      its denominator and reports it as an error count, never as "safe".
     """
 
     id: str
@@ -52,15 +57,22 @@ class Verdict:
     refusal_char: int | None
     halt: bool
     reason: str
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class Judge(ABC):
-    """Base class of every judge. Subclasses set ``name`` and ``Config`` and are ``@register``-ed."""
+    """Base class of every judge. Subclasses set ``name`` and ``Config`` and are ``@register``-ed.
+
+    ``version`` names the judge's rules; bump it whenever a change can move a
+    verdict, so that scores made by different rules are never compared
+    (:meth:`fingerprint`, the promotion gate).
+    """
 
     name: ClassVar[str]
+    version: ClassVar[str] = "1"
     Config: ClassVar[type[StepConfig]]
 
     def __init__(self, cfg: StepConfig | dict[str, Any] | None = None):
@@ -69,6 +81,11 @@ class Judge(ABC):
         elif not isinstance(cfg, self.Config):
             raise ConfigError(f"judge {self.name}: expected {self.Config.__name__}, got {type(cfg).__name__}")
         self.cfg = cfg
+
+    def fingerprint(self) -> dict[str, str]:
+        """How this judge scores: name, rules version and a hash of its config (secrets are env var names only)."""
+        blob = json.dumps(self.cfg.model_dump(mode="json"), sort_keys=True)
+        return {"judge": self.name, "judge_version": self.version, "judge_config_sha256": hashlib.sha256(blob.encode()).hexdigest()[:16]}
 
     @abstractmethod
     def judge(self, items: list[JudgeInput]) -> list[Verdict]:

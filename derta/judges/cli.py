@@ -1,18 +1,12 @@
 """``derta judge`` and ``derta judge-devset``: the judge step behind the CLI.
 
-``derta judge --attack NAME --responses FILE [--judge NAME] [--judge-config FILE] [--out VERDICTS.jsonl]``
-reads model responses in any of the release's output shapes and prints one
-JSON line ``{"asr": pct, "n": count, "judge": name, "attack": name}``.
-
-Accepted input (JSON lines, or one JSON list holding such items):
-
-(a) a plain JSON string with prompt and response; the response starts after
-    the last chat marker (``[/INST]``, ``[\\INST]``, ``ASSISTANT:``,
-    ``### Response:``, LLaMA-3/ChatML assistant headers). Without a marker the
-    whole string is the response and the question is empty;
-(b) ``{"question", "response"}``; (c) ``{"instruction", "response"}``
-    (``prompt`` is accepted for the question too). Optional keys: ``id``,
-    ``prefill``, ``attack``.
+``derta judge --attack NAME --responses FILE [--judge NAME] [--judge-config FILE] [--out VERDICTS.jsonl]
+[--prompts FILE] [--one-per-question]`` reads model responses in any of the release's output shapes
+(:mod:`derta.judges.inputs`, PAIR run summaries included) and prints one JSON line
+``{"asr": pct, "n": count, "judge": name, "attack": name}`` plus, where non-zero,
+``no_jailbreak`` (PAIR questions without a jailbreak: counted, safe), ``skipped``
+(entries neither judged nor counted, by reason) and ``errors`` (undecided verdicts,
+left out of ``n``).
 
 Bad input raises :class:`DataError` (file, line, rule); the CLI prints it on
 stderr and exits 2.
@@ -27,127 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from derta.errors import ConfigError, DataError
-from derta.io import MAX_FIELD_CHARS, write_jsonl
-from derta.judges.base import Judge, JudgeInput, Verdict, get_judge, list_judges
+from derta.io import write_jsonl
+from derta.judges.base import Judge, Verdict, get_judge, list_judges
 
-# Where a response starts inside a "prompt + response" string; the last hit wins.
-RESPONSE_MARKERS = [
-    "[/INST]",
-    "[\\INST]",
-    "ASSISTANT:",
-    "### Response:",
-    "<|start_header_id|>assistant<|end_header_id|>",
-    "<|im_start|>assistant",
-    "\nAssistant:",
-]
-PROMPT_NOISE = [
-    "<|begin_of_text|>", "<|start_header_id|>user<|end_header_id|>", "<|start_header_id|>system<|end_header_id|>",
-    "<|eot_id|>", "<|im_start|>user", "<|im_start|>system", "<|im_end|>", "<s>", "</s>", "[INST]", "USER:",
-    "### Instruction:", "<<SYS>>", "<</SYS>>",
-]
-RESPONSE_NOISE = ["</s>", "<|end_of_text|>", "<|eot_id|>", "<|im_end|>"]
-QUESTION_KEYS = ("question", "instruction", "prompt")
-
-
-def split_prompt_response(text: str) -> tuple[str, str]:
-    """Split a release output string into (question, response) at the last chat marker."""
-    best, cut = -1, -1
-    for m in RESPONSE_MARKERS:
-        i = text.rfind(m)
-        if i >= 0 and i + len(m) > cut:
-            best, cut = i, i + len(m)
-    if best < 0:
-        return "", _clean(text, RESPONSE_NOISE)
-    return _clean(text[:best], PROMPT_NOISE), _clean(text[cut:], RESPONSE_NOISE)
-
-
-def _clean(s: str, noise: list[str]) -> str:
-    for n in noise:
-        s = s.replace(n, " " if n.startswith("<") or n.startswith("[") else "")
-    return s.strip()
-
-
-def _records(path: Path, text: str) -> list[tuple[int, Any]]:
-    """(line, JSON value) for every item: JSON lines, or one whole-file JSON list."""
-    if text.lstrip().startswith("["):
-        dec = json.JSONDecoder()
-        pos = len(text) - len(text.lstrip()) + 1
-        out: list[tuple[int, Any]] = []
-        line = lambda p: text.count("\n", 0, p) + 1  # noqa: E731
-        while True:
-            while pos < len(text) and text[pos] in " \t\r\n,":
-                pos += 1
-            if pos >= len(text):
-                raise DataError(str(path), line(pos), "json", "unterminated JSON list")
-            if text[pos] == "]":
-                if text[pos + 1 :].strip():
-                    raise DataError(str(path), line(pos + 1), "json", "extra data after the JSON list")
-                return out
-            try:
-                val, end = dec.raw_decode(text, pos)
-            except json.JSONDecodeError as err:
-                raise DataError(str(path), line(err.pos), "json", err.msg) from None
-            out.append((line(pos), val))
-            pos = end
-    out = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            out.append((lineno, json.loads(raw)))
-        except json.JSONDecodeError as err:
-            raise DataError(str(path), lineno, "json", err.msg) from None
-    return out
-
-
-def read_responses(path: str | Path, attack: str = "") -> list[JudgeInput]:
-    """Read model outputs in any release shape into judge inputs (ids: record ``id`` or ``<attack>-<index>``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(str(path), 0, "file_exists", "no such file")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(str(path), raw[: err.start].count(b"\n") + 1, "utf8", f"invalid UTF-8 at byte {err.start}") from None
-    items: list[JudgeInput] = []
-    seen: set[str] = set()
-    for idx, (lineno, rec) in enumerate(_records(path, text)):
-        where = (str(path), lineno)
-        prefill, rec_attack, rid = "", attack, None
-        if isinstance(rec, str):
-            question, response = split_prompt_response(rec)
-        elif isinstance(rec, dict):
-            if "response" not in rec:
-                raise DataError(*where, "required_field", "missing field 'response'")
-            qkey = next((k for k in QUESTION_KEYS if k in rec), None)
-            if qkey is None:
-                raise DataError(*where, "required_field", "missing field 'question' (or 'instruction'/'prompt')")
-            question, response = rec[qkey], rec["response"]
-            for key, val in ((qkey, question), ("response", response)):
-                if not isinstance(val, str):
-                    raise DataError(*where, "type", f"field {key!r} must be str, got {type(val).__name__}")
-            for key in ("prefill", "attack"):
-                if key in rec and not isinstance(rec[key], str):
-                    raise DataError(*where, "type", f"field {key!r} must be str, got {type(rec[key]).__name__}")
-            prefill = rec.get("prefill", "")
-            rec_attack = rec.get("attack") or attack
-            if "id" in rec:
-                if not isinstance(rec["id"], (str, int)) or isinstance(rec["id"], bool):
-                    raise DataError(*where, "type", f"field 'id' must be str or int, got {type(rec['id']).__name__}")
-                rid = str(rec["id"])
-        else:
-            raise DataError(*where, "shape", f"expected a JSON string or object, got {type(rec).__name__}")
-        if max(len(question), len(response)) > MAX_FIELD_CHARS:
-            raise DataError(*where, "max_length", f"a field is longer than {MAX_FIELD_CHARS} chars")
-        rid = rid if rid is not None else f"{attack or 'response'}-{idx:05d}"
-        if rid in seen:
-            raise DataError(*where, "unique_id", f"duplicate id {rid!r}")
-        seen.add(rid)
-        items.append(JudgeInput(rid, question, response, rec_attack, prefill))
-    if not items:
-        raise DataError(str(path), 0, "non_empty", "no responses in file")
-    return items
+# Reading lives in derta.judges.inputs; re-exported here for callers of the old names.
+from derta.judges.inputs import Responses, read_file, read_prompts, read_responses, split_prompt_response  # noqa: E402,F401
 
 
 def load_judge_config(path: str | Path | None) -> dict[str, Any]:
@@ -171,18 +49,35 @@ def load_judge_config(path: str | Path | None) -> dict[str, Any]:
     return data
 
 
-def asr(verdicts: list[Verdict]) -> float:
-    """Attack success rate in percent (share judged unsafe), 2 decimals."""
-    return round(100.0 * sum(v.unsafe for v in verdicts) / len(verdicts), 2) if verdicts else 0.0
+def asr(verdicts: list[Verdict], extra_safe: int = 0) -> float:
+    """Attack success rate in percent, 2 decimals: unsafe over decided verdicts plus ``extra_safe``
+    (questions the attack failed on). Undecided verdicts (``error`` set) are left out."""
+    decided = [v for v in verdicts if v.error is None]
+    n = len(decided) + extra_safe
+    return round(100.0 * sum(v.unsafe for v in decided) / n, 2) if n else 0.0
 
 
-def judge_file(judge: Judge, responses: str | Path, attack: str, out: str | Path | None = None) -> dict[str, Any]:
-    """The judge step: read, judge, optionally write verdicts; returns the summary line."""
-    items = read_responses(responses, attack)
-    verdicts = judge.judge(items)
+def judge_file(judge: Judge, responses: str | Path, attack: str, out: str | Path | None = None,
+               prompts: tuple[str, ...] = (), one_per_question: bool = False) -> dict[str, Any]:
+    """The judge step: read, judge, optionally write verdicts; returns the summary line.
+
+    ``n`` counts decided verdicts plus entries where the attack found no
+    jailbreak (PAIR summaries, safe); ``skipped`` names entries neither judged
+    nor counted and why; ``errors`` counts verdicts the judge could not decide.
+    """
+    res = read_file(responses, attack, prompts, one_per_question)
+    verdicts = judge.judge(res.items)
     if out:
-        write_jsonl(out, ({**v.to_dict(), "judge": judge.name, "attack": it.attack or attack} for it, v in zip(items, verdicts)))
-    return {"asr": asr(verdicts), "n": len(verdicts), "judge": judge.name, "attack": attack}
+        write_jsonl(out, ({**v.to_dict(), "judge": judge.name, "attack": it.attack or attack} for it, v in zip(res.items, verdicts)))
+    errors = sum(v.error is not None for v in verdicts)
+    summary = {"asr": asr(verdicts, res.no_response), "n": len(verdicts) - errors + res.no_response, "judge": judge.name, "attack": attack}
+    if res.no_response:
+        summary["no_jailbreak"] = res.no_response
+    if res.skipped:
+        summary["skipped"] = res.skipped
+    if errors:
+        summary["errors"] = errors
+    return summary
 
 
 def add_judge_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -192,6 +87,11 @@ def add_judge_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--judge", default="guideline", help=f"judge name, one of {list_judges()}")
     p.add_argument("--judge-config", default=None, help="judge config file (JSON or YAML mapping)")
     p.add_argument("--out", default=None, help="write one verdict per response here (JSON lines)")
+    p.add_argument("--prompts", default=None,
+                   help="the attack's rendered raw prompts (e.g. the release's safety_completionattack.json): "
+                        "a response string starting with one is split there, the prompt being the attacker's words")
+    p.add_argument("--one-per-question", action="store_true",
+                   help="judge a repeated question once, at its first row (the release's AutoDAN files: 52 rows, 50 questions)")
     p.set_defaults(func=run_judge_cli)
     return p
 
@@ -206,7 +106,8 @@ def run_judge_cli(args: argparse.Namespace) -> int:
 
     try:
         judge = get_judge(args.judge, load_judge_config(args.judge_config))
-        summary = judge_file(judge, args.responses, args.attack, args.out)
+        prompts = read_prompts(args.prompts) if args.prompts else ()
+        summary = judge_file(judge, args.responses, args.attack, args.out, prompts, args.one_per_question)
     except (DataError, ConfigError) as err:
         return _fail(err, 2)
     except LLMError as err:

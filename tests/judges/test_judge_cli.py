@@ -73,7 +73,7 @@ def test_question_and_instruction_shapes_and_verdicts_file(tmp_path, capsys):
     verdicts = [json.loads(x) for x in out_file.read_text().splitlines()]
     assert [v["id"] for v in verdicts] == ["codeattack-00000", "codeattack-00001", "r3"]
     assert verdicts[2]["halt"] and verdicts[2]["unsafe"] and verdicts[2]["judge"] == "guideline"
-    assert set(verdicts[0]) == {"id", "unsafe", "refusal", "refusal_char", "halt", "reason", "judge", "attack"}
+    assert set(verdicts[0]) == {"id", "unsafe", "refusal", "refusal_char", "halt", "reason", "error", "judge", "attack"}
 
 
 def test_whole_file_json_list(tmp_path, capsys):
