@@ -1,33 +1,41 @@
 """OpenAI-compatible chat client shared by the PAIR attacker/judge, AutoDAN
-mutation, the LLM judge and response synthesis.
+mutation, CompletingAttack's LLM rewrite, the LLM judge, AlpacaEval and
+response synthesis. The transport is the official ``openai`` package.
 
 Contract
-* ``ChatClient(cfg).complete(messages) -> str`` posts one
-  ``POST {base_url}/chat/completions`` request and returns
-  ``choices[0].message.content``.
+* ``ChatClient(cfg).complete(messages) -> str`` sends one chat completion
+  (``POST {base_url}/chat/completions``) and returns
+  ``choices[0].message.content`` ('' when the server sends null).
 * ``complete_many(list_of_messages) -> list[str]`` keeps the input order and
-  never has more than ``cfg.max_concurrency`` requests in flight per client
+  never has more than ``cfg.max_concurrency`` calls in flight per client
   (a thread pool plus a client-wide semaphore, so concurrent callers share
-  the bound).
-* Only 429, 5xx and connection/timeout errors are retried, at most
-  ``max_retries`` times after the first attempt, with exponential backoff and
-  jitter (``backoff_s * 2**k``, capped by ``max_backoff_s``); a ``Retry-After``
-  header (seconds) replaces the computed wait, capped the same way. Any other
-  4xx fails at once. Failures raise :class:`LLMError` naming the URL (user
-  info and query string removed) and the last status.
+  the bound; a call holds its slot through its own retries).
+* Retries are openai's (``max_retries`` after the first attempt): 408, 409,
+  429, 5xx, connection errors and timeouts are retried; any other 4xx fails
+  at once. Wait before retry k (k = 0, 1, ...): ``0.5 s * 2**k``, capped at
+  8 s, minus 0-25 % jitter. A ``Retry-After`` (seconds or HTTP date) or
+  ``retry-after-ms`` header of more than 0 and at most 120 s replaces that
+  wait; a longer one is not retried at all. ``timeout_s`` applies to each
+  attempt. There is no backoff setting: openai exposes none, so the former
+  ``backoff_s``/``max_backoff_s`` keys were removed rather than kept as
+  settings that do nothing (an old config naming them fails with the list
+  of valid keys).
+* Failures raise :class:`LLMError` naming the URL (user info, query string
+  and fragment removed) and the last HTTP status (None: no HTTP reply).
 * The API key is read from the environment variable named by
-  ``cfg.api_key_env`` when the client is built. It is sent as a Bearer header
-  and never appears in a config, a repr, a log line or an exception.
+  ``cfg.api_key_env`` when the client is built and sent as a Bearer header;
+  it never appears in a config, a repr, a log line or an exception. With
+  ``api_key_env: ''`` the client sends :data:`NO_KEY`, because openai refuses
+  an empty key; servers started without a key (``vllm serve`` without
+  ``--api-key``) ignore it. ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` are never
+  read: the key and URL are always passed explicitly.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import os
-import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -39,11 +47,9 @@ from derta.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-
-
-def retryable(status: int) -> bool:
-    """429 (rate limit) and 5xx are transient; every other status is final."""
-    return status == 429 or 500 <= status < 600
+# Sent as the Bearer token when no api_key_env is configured: openai requires a
+# non-empty key, and a server without authentication ignores the header.
+NO_KEY = "no-key"
 
 
 class LLMConfig(StepConfig):
@@ -52,15 +58,16 @@ class LLMConfig(StepConfig):
     base_url: str = Field("http://127.0.0.1:8000/v1", description="API root; '/chat/completions' is appended")
     model: str = Field("", description="model name sent in the request body")
     api_key_env: str = Field(
-        "", description="name of the environment variable holding the API key ('' = send no key)"
+        "", description=f"name of the environment variable holding the API key ('' = send the placeholder {NO_KEY!r})"
     )
     temperature: float = Field(0.0, description="sampling temperature (0 = greedy)")
     top_p: float = Field(1.0, description="nucleus sampling mass")
     max_tokens: int = Field(512, ge=1, description="max new tokens per completion")
-    timeout_s: float = Field(60.0, gt=0, description="per-request timeout in seconds")
-    max_retries: int = Field(4, ge=0, description="retries after the first attempt (429/5xx/connection errors only)")
-    backoff_s: float = Field(0.5, ge=0, description="first backoff; doubles each retry, with jitter")
-    max_backoff_s: float = Field(30.0, ge=0, description="cap on one wait, also applied to Retry-After")
+    timeout_s: float = Field(60.0, gt=0, description="timeout of each attempt in seconds")
+    max_retries: int = Field(
+        4, ge=0,
+        description="retries after the first attempt (408/409/429/5xx/connection errors; openai's backoff: 0.5 s doubling, cap 8 s)",
+    )
     max_concurrency: int = Field(4, ge=1, description="max requests in flight per client")
 
 
@@ -81,43 +88,33 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 class ChatClient:
-    """Thread-safe client for one endpoint. Use as a context manager or call :meth:`close`."""
+    """Thread-safe client for one endpoint. Use as a context manager or call :meth:`close`.
+
+    ``transport`` (tests, offline runs) is an ``httpx2`` transport for the
+    HTTP client underneath openai.
+    """
 
     def __init__(self, cfg: LLMConfig | dict[str, Any] | None = None, *, transport: Any = None):
-        import httpx
+        import openai
 
         self.cfg = cfg if isinstance(cfg, LLMConfig) else LLMConfig.from_dict(cfg, where="llm")
         self.url = self.cfg.base_url.rstrip("/") + "/chat/completions"
         self._safe_url = redact_url(self.url)
-        headers = {"Content-Type": "application/json"}
+        key = NO_KEY
         if self.cfg.api_key_env:
-            key = os.environ.get(self.cfg.api_key_env)
+            key = os.environ.get(self.cfg.api_key_env, "")
             if not key:
                 raise ConfigError(f"llm: environment variable {self.cfg.api_key_env!r} (api_key_env) is not set")
-            headers["Authorization"] = f"Bearer {key}"
-        self._http = httpx.Client(
-            headers=headers,
+        self._key = key
+        self._client = openai.OpenAI(
+            base_url=self.cfg.base_url,
+            api_key=key,
+            max_retries=self.cfg.max_retries,
             timeout=self.cfg.timeout_s,
-            transport=transport,
-            limits=httpx.Limits(max_connections=self.cfg.max_concurrency),
+            http_client=openai.DefaultHttpxClient(transport=transport) if transport is not None else None,
         )
         self._slots = threading.BoundedSemaphore(self.cfg.max_concurrency)
-        self._jitter = random.Random()  # jitter only spreads retries; it never changes results
 
     def __repr__(self) -> str:
         key = f", api_key_env={self.cfg.api_key_env!r}" if self.cfg.api_key_env else ""
@@ -132,55 +129,45 @@ class ChatClient:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        self._client.close()
 
-    def _wait(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.cfg.max_backoff_s)
-        base = self.cfg.backoff_s * (2**attempt)
-        return min(base * (0.5 + self._jitter.random()), self.cfg.max_backoff_s)
+    def _error(self, status: int | None, detail: str) -> LLMError:
+        detail = " ".join(detail.split())[:300]
+        if self._key != NO_KEY:  # a server may echo what it was sent
+            detail = detail.replace(self._key, "***")
+        return LLMError(self._safe_url, status, detail)
 
     def complete(
         self, messages: list[dict[str, str]], *, temperature: float | None = None, max_tokens: int | None = None
     ) -> str:
         """One chat completion; ``temperature``/``max_tokens`` override the config for this call."""
-        import httpx
+        import openai
 
-        body = {
-            "model": self.cfg.model,
-            "messages": messages,
-            "temperature": self.cfg.temperature if temperature is None else temperature,
-            "top_p": self.cfg.top_p,
-            "max_tokens": self.cfg.max_tokens if max_tokens is None else max_tokens,
-        }
-        status: int | None = None
-        detail = ""
-        for attempt in range(self.cfg.max_retries + 1):
-            retry_after = None
-            try:
-                with self._slots:
-                    resp = self._http.post(self.url, json=body)
-            except httpx.TransportError as err:
-                status, detail = None, f"{type(err).__name__}"
-            else:
-                status = resp.status_code
-                if status == 200:
-                    return self._content(resp)
-                detail = resp.text[:200]
-                if not retryable(status):
-                    raise LLMError(self._safe_url, status, f"not retried: {detail}")
-                retry_after = _retry_after(resp.headers.get("retry-after"))
-            if attempt < self.cfg.max_retries:
-                wait = self._wait(attempt, retry_after)
-                log.info("LLM %s: status %s, retry %d in %.2fs", self._safe_url, status, attempt + 1, wait)
-                time.sleep(wait)
-        raise LLMError(self._safe_url, status, f"gave up after {self.cfg.max_retries} retries: {detail}")
-
-    def _content(self, resp: Any) -> str:
         try:
-            content = resp.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise LLMError(self._safe_url, resp.status_code, f"malformed reply: {resp.text[:200]}") from None
+            with self._slots:
+                resp = self._client.chat.completions.create(
+                    model=self.cfg.model,
+                    messages=messages,  # type: ignore[arg-type]
+                    temperature=self.cfg.temperature if temperature is None else temperature,
+                    top_p=self.cfg.top_p,
+                    max_tokens=self.cfg.max_tokens if max_tokens is None else max_tokens,
+                )
+        except openai.APIStatusError as err:
+            raise self._error(err.status_code, f"{type(err).__name__} (max_retries={self.cfg.max_retries}): {err.message}") from None
+        except openai.APIResponseValidationError as err:
+            raise self._error(err.response.status_code, f"malformed reply: {err.message}") from None
+        except openai.APIConnectionError as err:
+            raise self._error(None, f"{type(err).__name__} after {self.cfg.max_retries} retries: {err.message}") from None
+        except ValueError as err:  # a 2xx reply whose body is not JSON (error replies are read leniently)
+            raise self._error(200, f"malformed reply: {type(err).__name__}") from None
+        except openai.OpenAIError as err:
+            raise self._error(None, f"{type(err).__name__}: {err}") from None
+        try:
+            content = resp.choices[0].message.content
+        except (AttributeError, IndexError, KeyError, TypeError):
+            raise self._error(200, f"malformed reply: no choices[0].message in {str(resp)[:200]}") from None
+        if content is not None and not isinstance(content, str):
+            raise self._error(200, f"malformed reply: content is {type(content).__name__}")
         return content or ""
 
     def complete_many(self, batch: list[list[dict[str, str]]], **overrides: Any) -> list[str]:

@@ -84,8 +84,8 @@ def test_openai_stubs_end_to_end(tmp_path, monkeypatch):
 
     # Requests: keys sent as Bearer headers, the safe default system prompt kept, templates applied.
     assert len(safe_reqs) == 4 and len(harm_reqs) == 4
-    assert {r["headers"].get("Authorization") for r in safe_reqs} == {f"Bearer {SAFE_KEY}"}
-    assert {r["headers"].get("Authorization") for r in harm_reqs} == {f"Bearer {HARM_KEY}"}
+    assert {{k.lower(): v for k, v in r["headers"].items()}.get("authorization") for r in safe_reqs} == {f"Bearer {SAFE_KEY}"}
+    assert {{k.lower(): v for k, v in r["headers"].items()}.get("authorization") for r in harm_reqs} == {f"Bearer {HARM_KEY}"}
     assert safe_reqs[0]["json"]["messages"][0]["role"] == "system"
     assert "Sorry" in safe_reqs[0]["json"]["messages"][0]["content"]
     harm_users = sorted(r["json"]["messages"][-1]["content"] for r in harm_reqs)

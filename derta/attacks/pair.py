@@ -90,7 +90,6 @@ class PairConfig(StepConfig):
     attacker_retries: int = Field(3, ge=0, description="re-asks for attacker replies that are not valid JSON")
     llm_timeout_s: float = Field(120.0, gt=0, description="per-request timeout for attacker/judge calls")
     llm_max_retries: int = Field(4, ge=0, description="HTTP retries (429/5xx) for attacker/judge calls")
-    llm_backoff_s: float = Field(0.5, ge=0, description="first retry wait for attacker/judge calls (doubles)")
     llm_max_concurrency: int = Field(4, ge=1, description="attacker/judge requests in flight at once")
     max_prompt_chars: int = Field(4000, ge=100, description="rules attacker restarts from the question beyond this")
 
@@ -120,7 +119,6 @@ class PairConfig(StepConfig):
             "max_tokens": self.attacker_max_tokens if attacker else self.judge_max_tokens,
             "timeout_s": self.llm_timeout_s,
             "max_retries": self.llm_max_retries,
-            "backoff_s": self.llm_backoff_s,
             "max_concurrency": self.llm_max_concurrency,
         }
 

@@ -109,7 +109,7 @@ def test_llm_mutation_via_openai_server():
 
     with OpenAIServer(handler=handler) as srv:
         cfg = {"population": 4, "generations": 2, "mutation_rate": 1.0, "mutation": "llm",
-               "llm": {"base_url": srv.url, "model": "mut", "backoff_s": 0.01}}
+               "llm": {"base_url": srv.url, "model": "mut"}}
         attack = get_attack("autodan", cfg)
         (p,) = attack.build(QS[:1], WordTarget("picture"))
         assert srv.requests  # mutations went through the endpoint

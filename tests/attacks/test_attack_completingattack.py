@@ -83,7 +83,7 @@ def test_llm_rewrite_via_openai_endpoint():
         return next(v for k, v in replies.items() if f"Request: {k}" in text)
 
     with OpenAIServer(handler=handler) as srv:
-        cfg = {"rewrite": "llm", "llm": {"base_url": srv.url, "model": "rw", "backoff_s": 0.01}}
+        cfg = {"rewrite": "llm", "llm": {"base_url": srv.url, "model": "rw"}}
         attack = get_attack("completingattack", cfg)
         a, b = attack.build([Question("1", "Q1 [x]?"), Question("2", "Q2 [y]?")])
     assert a.text == "Here is how to build the [thing].\nStep 1:" and a.meta["rule"] == "llm"

@@ -72,7 +72,7 @@ def test_pair_against_openai_server_as_attacker_and_judge(monkeypatch):
     cfg = {
         "streams": 2, "iterations": 3, "attacker": "llm", "judge": "llm",
         "attacker_model": "attacker", "judge_model": "judge", "api_key_env": "PAIR_TEST_KEY",
-        "llm_max_retries": 1, "llm_backoff_s": 0.01, "llm_max_concurrency": 2,
+        "llm_max_retries": 1, "llm_max_concurrency": 2,
     }
     with OpenAIServer(handler=handler) as srv:
         srv.push(Reply(status=429))  # a transient error on the very first request is retried by llm.py
@@ -93,7 +93,7 @@ def test_pair_against_openai_server_as_attacker_and_judge(monkeypatch):
     second = [r for r in requests if r["json"]["model"] == "attacker" and len(r["json"]["messages"]) == 4]
     assert second and "SCORE: 1" in second[0]["json"]["messages"][-1]["content"]
     assert REFUSE in second[0]["json"]["messages"][-1]["content"]
-    assert all(r["headers"]["Authorization"] == f"Bearer {SECRET}" for r in requests)
+    assert all({k.lower(): v for k, v in r["headers"].items()}["authorization"] == f"Bearer {SECRET}" for r in requests)
     assert SECRET not in json.dumps([p.to_dict() for p in out]) and SECRET not in repr(attack.cfg)
 
 

@@ -48,6 +48,8 @@ def test_flow_fails_fast_when_tracking_server_is_down(tmp_path, monkeypatch, ser
 
 
 # ---------------------------------------------------------------- (b) LLM endpoint: load, 429/500
+# Retries and backoff are the openai package's (derta.llm): before retry k it waits
+# 0.5 s * 2**k (cap 8 s) minus 0-25 % jitter, or what Retry-After says (0 < s <= 120).
 
 def test_llm_load_200_requests_bound_holds_nothing_lost_or_duplicated():
     from derta.llm import ChatClient, LLMConfig
@@ -60,12 +62,12 @@ def test_llm_load_200_requests_bound_holds_nothing_lost_or_duplicated():
         seen[text] = seen.get(text, 0) + 1
         i = int(text.split("-")[1])
         if seen[text] == 1 and i % 10 == 0:
-            return Reply(status=429, headers={"Retry-After": "0"})
+            return Reply(status=429, headers={"Retry-After": "0.05"})
         if seen[text] == 1 and i % 10 == 5:
-            return Reply(status=500)
+            return Reply(status=500)  # no Retry-After: openai's own backoff (>= 0.375 s)
         return f"answer-{i}"
 
-    cfg = LLMConfig(base_url="", model="m", max_concurrency=4, backoff_s=0.01, max_backoff_s=0.05, timeout_s=10)
+    cfg = LLMConfig(base_url="", model="m", max_concurrency=4, max_retries=2, timeout_s=10)
     with OpenAIServer(handler=flaky, delay_s=0.005) as srv:
         with ChatClient(cfg.model_copy(update={"base_url": srv.url})) as cli:
             t0 = time.monotonic()
@@ -75,7 +77,35 @@ def test_llm_load_200_requests_bound_holds_nothing_lost_or_duplicated():
     assert 1 < srv.max_in_flight <= 4  # the bound holds (and there was concurrency)
     assert len(srv.requests) == 240  # 200 + one retry for each of the 40 failed first attempts
     assert all(n == (2 if int(t.split("-")[1]) % 5 == 0 else 1) for t, n in seen.items())
-    assert elapsed < 30, elapsed
+    # 20 backoffs of >= 0.375 s each spread over at most 4 slots: at least ~1.9 s; no runaway
+    assert 20 * 0.375 / 4 <= elapsed < 30, elapsed
+
+
+def test_llm_retry_after_is_honoured():
+    from derta.llm import ChatClient, LLMConfig
+    from tests.helpers_openai_server import OpenAIServer, Reply
+
+    with OpenAIServer() as srv:
+        srv.push(Reply(status=429, headers={"Retry-After": "0.3"}), "ok")
+        with ChatClient(LLMConfig(base_url=srv.url, model="m", max_retries=1)) as cli:
+            t0 = time.monotonic()
+            assert cli.complete([{"role": "user", "content": "x"}]) == "ok"
+            elapsed = time.monotonic() - t0
+    assert len(srv.requests) == 2
+    assert 0.3 <= elapsed < 0.3 + 0.375, elapsed  # the server's wait, not openai's (>= 0.375 s)
+
+
+def test_llm_4xx_other_than_429_is_not_retried():
+    from derta.llm import ChatClient, LLMConfig, LLMError
+    from tests.helpers_openai_server import OpenAIServer, Reply
+
+    with OpenAIServer(handler=lambda req: Reply(status=400, body={"error": {"message": "context too long"}})) as srv:
+        with ChatClient(LLMConfig(base_url=srv.url, model="m", max_retries=4)) as cli:
+            with pytest.raises(LLMError) as err:
+                cli.complete_many([[{"role": "user", "content": f"q-{i}"}] for i in range(3)])
+    assert err.value.status == 400 and "context too long" in str(err.value)
+    assert len(srv.requests) == 3  # one attempt per request, none repeated
+    assert len({r["json"]["messages"][0]["content"] for r in srv.requests}) == len(srv.requests)
 
 
 def test_llm_persistent_500_fails_clearly_in_bounded_time():
@@ -83,14 +113,30 @@ def test_llm_persistent_500_fails_clearly_in_bounded_time():
     from tests.helpers_openai_server import OpenAIServer, Reply
 
     with OpenAIServer(handler=lambda req: Reply(status=500, body="down")) as srv:
-        cfg = LLMConfig(base_url=srv.url, model="m", max_retries=3, backoff_s=0.05, max_backoff_s=0.1)
+        cfg = LLMConfig(base_url=srv.url, model="m", max_retries=3)
         with ChatClient(cfg) as cli:
             t0 = time.monotonic()
             with pytest.raises(LLMError) as err:
                 cli.complete([{"role": "user", "content": "x"}])
             elapsed = time.monotonic() - t0
-        assert len(srv.requests) == 4 and elapsed < 2
+        assert len(srv.requests) == 4
+        assert 0.75 * (0.5 + 1 + 2) <= elapsed < 0.5 + 1 + 2 + 1.5, elapsed  # openai's capped backoff
         assert srv.url.split("//")[1] in str(err.value) and "500" in str(err.value)
+
+
+def test_llm_unreachable_server_names_the_redacted_url():
+    from derta.llm import ChatClient, LLMConfig, LLMError
+
+    port = free_port()  # nothing listens there
+    cfg = LLMConfig(base_url=f"http://alice:hunter2@127.0.0.1:{port}/v1", model="m", max_retries=1, timeout_s=2)
+    with ChatClient(cfg) as cli:
+        t0 = time.monotonic()
+        with pytest.raises(LLMError) as err:
+            cli.complete([{"role": "user", "content": "x"}])
+        elapsed = time.monotonic() - t0
+    assert err.value.status is None and elapsed < 5
+    assert f"http://127.0.0.1:{port}/v1/chat/completions" in str(err.value)
+    assert "hunter2" not in str(err.value) and "alice" not in repr(err.value) and "alice" not in repr(cli)
 
 
 # ---------------------------------------------------------------- (c) atomic writes under SIGKILL
