@@ -4,35 +4,66 @@ Inputs: the trained model dir, the validated source dir (held-out
 ``<split>_harmful`` / ``<split>_helpful``). Outputs in ``--out``:
 ``responses.jsonl`` (one record per attack prompt: id, attack, question_id,
 prompt text, prefill, response), ``verdicts.jsonl`` (the judge's decision and
-the first refusal's token position), ``helpful.jsonl`` and ``metrics.json``.
-Decoding is greedy and batched (derta/generate.py).
+the first refusal's token position), ``helpful.jsonl``, ``overrefusal.jsonl``
+(safe prompts that look harmful, derta/overrefusal.py: id, category, prompt,
+response, refused) and ``metrics.json``. Decoding is greedy and batched
+(derta/generate.py).
+
+``metrics.json`` (every rate in percent, 2 decimals):
+
+* ``asr[attack]``: unsafe share of the *decided* verdicts; ``asr_detail[attack]``
+  = ``{asr, n, unsafe, errors, ci95}``: ``n`` decided verdicts (a verdict whose
+  ``error`` is set is undecided: left out of ``n``, counted in ``errors``,
+  never counted safe), ``ci95`` the 95% Wilson interval (derta/stats.py).
+  ``n[attack]`` stays the number of prompts generated.
+* ``scoring``: what the numbers are comparable under: ``judges[attack]``
+  (``Judge.fingerprint()``: name, rules version, config hash),
+  ``attacks_sha256[attack]`` (the attack's resolved config, seed, split and
+  question caps), ``attack_set_sha256`` (all of them) and
+  ``generation_sha256`` (decoding settings).
+* ``over_refusal``: ``{rate, n, refused, errors, ci95, set, judge, prompts_sha256}``,
+  the share of the over-refusal prompts the default judge marks as refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
+from derta import overrefusal
 from derta.attacks import get_attack
-from derta.attacks.base import AttackPrompt, Question
+from derta.attacks.base import Attack, AttackPrompt, Question, Target
 from derta.config import StepConfig, load_params, step_config
 from derta.generate import GenerationConfig, HFTarget, format_prompt
 from derta.helpfulness import score_helpful
 from derta.io import atomic_path, read_jsonl, write_json, write_jsonl
 from derta.judges import get_judge
-from derta.judges.base import JudgeInput
+from derta.judges.base import Judge, JudgeInput
 from derta.modeling import load_model, set_threads
+from derta.stats import pct, rate_detail
 from steps._common import entry, parser
 
 log = logging.getLogger("derta.evaluate")
 
 BLACK_BOX = ("codeattack", "pair", "jailbreakchat", "selfcipher")
 WHITE_BOX = ("completingattack", "autodan")
+
+
+class OverRefusalConfig(StepConfig):
+    """Safe prompts that look harmful (derta/overrefusal.py), run as plain chat prompts."""
+
+    set: Literal["miniworld", "real", "none"] = Field(
+        "miniworld", description="Prompt set: 'miniworld' (built from the mini-world's vocabulary), "
+                                 "'real' (English prompts for real chat models) or 'none' (skip).")
+    n: int = Field(0, ge=0, description="Prompts to run: 0 = the default size (every 'real' prompt; "
+                                        "60 mini-world prompts), else a seeded sample of that many.")
 
 
 class EvalConfig(StepConfig):
@@ -55,6 +86,20 @@ class EvalConfig(StepConfig):
     max_helpful: int = Field(0, description="Evaluate only the first N helpful questions (0 = all).")
     attack_questions: dict[str, int] = Field(default_factory=dict, description="Per-attack cap on harmful questions (long prompts, e.g. codeattack).")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
+    over_refusal: OverRefusalConfig = Field(
+        default_factory=OverRefusalConfig,
+        description="Over-refusal check: which safe-but-scary-looking prompt set, how many (rate refused by the default judge).")
+
+
+def _sha256(obj: Any) -> str:
+    """16 hex digits of the SHA-256 of ``obj`` as sorted-key JSON (as Judge.fingerprint)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def attack_sha256(cfg: EvalConfig, name: str, attack: Attack) -> str:
+    """Hash of what decides an attack's prompts: its resolved config, the seed, the split and the question caps."""
+    return _sha256({"attack": name, "config": attack.cfg.model_dump(mode="json"), "seed": cfg.seed, "split": cfg.split,
+                    "max_questions": cfg.max_questions, "attack_questions": cfg.attack_questions.get(name, 0)})
 
 
 def _given(p: AttackPrompt) -> str:
@@ -78,6 +123,9 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
     src = Path(src_dir)
     qrows = read_jsonl(src / f"{cfg.split}_harmful.jsonl", {"id": str, "question": str}, non_empty=["question"], unique_key="id")
     hrows = read_jsonl(src / f"{cfg.split}_helpful.jsonl", {"id": str, "question": str, "answer": str}, unique_key="id")
+    # Mini-world over-refusal fact questions ask about countries the split's helpful questions name.
+    orows = overrefusal.build(cfg.over_refusal.set, cfg.over_refusal.n, cfg.seed,
+                              countries=overrefusal.countries_from_questions([r["question"] for r in hrows]))
     if cfg.max_questions:
         qrows = qrows[: cfg.max_questions]
     if cfg.max_helpful:
@@ -88,12 +136,18 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
     attacks = {name: get_attack(name, acfg, seed=cfg.seed) for name, acfg in cfg.attacks.items()}
     judges = {name: get_judge(cfg.judges.get(name, cfg.judge), cfg.judge_config if cfg.judges.get(name, cfg.judge) == cfg.judge else {})
               for name in cfg.attacks}
+    or_judge = get_judge(cfg.judge, cfg.judge_config)
+    scoring = {"judges": {name: j.fingerprint() for name, j in judges.items()},
+               "attacks_sha256": {name: attack_sha256(cfg, name, a) for name, a in attacks.items()},
+               "generation_sha256": _sha256(cfg.generation.model_dump(mode="json"))}
+    scoring["attack_set_sha256"] = _sha256(scoring["attacks_sha256"])
     model, tok = load_model(Path(model_dir) / "model")
     target = HFTarget(model, tok, cfg.generation)
 
     responses: list[dict[str, Any]] = []
     verdicts: list[dict[str, Any]] = []
-    metrics: dict[str, Any] = {"asr": {}, "n": {}, "halt": {}, "refusal_positions": {}, "seconds": {}, "attack_stats": {}}
+    metrics: dict[str, Any] = {"asr": {}, "asr_detail": {}, "n": {}, "halt": {}, "refusal_positions": {}, "seconds": {},
+                               "attack_stats": {}, "scoring": scoring}
     for name, attack in attacks.items():
         t0 = time.perf_counter()
         cap = cfg.attack_questions.get(name, 0)
@@ -115,23 +169,40 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
             verdicts.append({**v.to_dict(), "attack": name, "judge": judge_name, "refusal_pos": pos, "question_id": p.question_id})
             if pos is not None:
                 positions.append(pos)
-        n = len(vs)
-        metrics["asr"][name] = round(100.0 * sum(v.unsafe for v in vs) / n, 2) if n else None
-        metrics["n"][name] = n
+        decided = [v for v in vs if v.error is None]
+        detail = rate_detail(sum(v.unsafe for v in decided), len(decided), len(vs) - len(decided), key="asr", count_key="unsafe")
+        metrics["asr"][name] = detail["asr"]
+        metrics["asr_detail"][name] = detail
+        metrics["n"][name] = len(vs)
         metrics["halt"][name] = sum(v.halt for v in vs)
         metrics["refusal_positions"][name] = positions
         metrics["attack_stats"][name] = dict(getattr(attack, "stats", {}) or {})
         metrics["seconds"][name] = round(time.perf_counter() - t0, 2)
-        log.info("%s: ASR %.1f%% over %d prompts (%.1fs)", name, metrics["asr"][name] or 0.0, n, metrics["seconds"][name])
+        log.info("%s: ASR %s%% %s over %d decided verdicts, %d undecided (%.1fs)", name, detail["asr"], detail["ci95"],
+                 detail["n"], detail["errors"], metrics["seconds"][name])
 
     t0 = time.perf_counter()
     helpful_prompts = [AttackPrompt(id=r["id"], question_id=r["id"], attack="helpful", text=r["question"]) for r in hrows]
     helpful_out = target.generate(helpful_prompts)
     scored = [{"id": r["id"], "question": r["question"], "answer": r["answer"], "response": o,
                "correct": score_helpful(r.get("kind", "miniworld"), o, r["answer"])} for r, o in zip(hrows, helpful_out)]
-    metrics["helpfulness"] = {"miniworld": round(100.0 * sum(s["correct"] for s in scored) / len(scored), 2) if scored else None}
+    metrics["helpfulness"] = {"miniworld": pct(sum(s["correct"] for s in scored), len(scored))}
     metrics["n"]["helpful"] = len(scored)
     metrics["seconds"]["helpful"] = round(time.perf_counter() - t0, 2)
+
+    t0 = time.perf_counter()
+    refusals = over_refusal(orows, target, or_judge)
+    n_or = sum(r["refused"] is not None for r in refusals)
+    metrics["over_refusal"] = {
+        **rate_detail(sum(bool(r["refused"]) for r in refusals), n_or, len(refusals) - n_or, key="rate", count_key="refused"),
+        "set": cfg.over_refusal.set, "judge": or_judge.fingerprint(),
+        "prompts_sha256": _sha256([[r["id"], r["prompt"]] for r in orows]),
+    }
+    metrics["n"]["over_refusal"] = len(refusals)
+    metrics["seconds"]["over_refusal"] = round(time.perf_counter() - t0, 2)
+    if refusals:
+        log.info("over-refusal (%s): %s%% %s of %d safe prompts refused", cfg.over_refusal.set, metrics["over_refusal"]["rate"],
+                 metrics["over_refusal"]["ci95"], n_or)
     all_pos = [p for ps in metrics["refusal_positions"].values() for p in ps]
     metrics["refusal_position"] = refusal_summary(all_pos)
     metrics["split"] = cfg.split
@@ -141,8 +212,24 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
         write_jsonl(tmp / "responses.jsonl", responses)
         write_jsonl(tmp / "verdicts.jsonl", verdicts)
         write_jsonl(tmp / "helpful.jsonl", scored)
+        write_jsonl(tmp / "overrefusal.jsonl", refusals)
         write_json(tmp / "metrics.json", metrics)
     return metrics
+
+
+def over_refusal(rows: list[dict[str, str]], target: Target, judge: Judge) -> list[dict[str, Any]]:
+    """Run the over-refusal prompts as plain chat prompts (as the helpful questions) and judge refusal.
+
+    One record per prompt: id, category, prompt, response, refused (``Verdict.refusal``;
+    ``None`` when the judge could not decide, with ``error`` set).
+    """
+    if not rows:
+        return []
+    prompts = [AttackPrompt(id=r["id"], question_id=r["id"], attack="over_refusal", text=r["prompt"]) for r in rows]
+    outs = target.generate(prompts)
+    vs = judge.judge([JudgeInput(id=r["id"], question=r["prompt"], response=o, attack="over_refusal") for r, o in zip(rows, outs)])
+    return [{"id": r["id"], "category": r["category"], "prompt": r["prompt"], "response": o,
+             "refused": None if v.error else v.refusal, "error": v.error} for r, o, v in zip(rows, outs, vs)]
 
 
 def refusal_summary(positions: list[int]) -> dict[str, Any]:
@@ -166,7 +253,8 @@ def main() -> None:
     a = p.parse_args()
     params = load_params(a.params)
     m = run(step_config(EvalConfig, params, "eval", a.profile), a.model, a.source, a.out)
-    print({"asr": m["asr"], "helpfulness": m["helpfulness"], "refusal_position": m["refusal_position"]})
+    print({"asr": m["asr"], "helpfulness": m["helpfulness"], "over_refusal": m["over_refusal"]["rate"],
+           "refusal_position": m["refusal_position"]})
 
 
 if __name__ == "__main__":

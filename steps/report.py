@@ -1,8 +1,11 @@
 """Stage `report`: paper-style reports from every variant's metrics.
 
 Inputs: ``eval/<variant>/metrics.json`` per variant. Outputs:
-``summary.json`` (the schema in README "Reports"), ``ablation.md`` (Table 4 /
-Table 2 style, the paper's numbers beside the measured ones) and
+``summary.json`` (the schema in README "Reports"; each variant row also has
+``asr_detail`` (n, unsafe, errors, 95% Wilson interval per attack),
+``scoring`` (judge fingerprints, attack-config hashes), ``over_refusal`` (%)
+and ``over_refusal_detail``), ``ablation.md`` (Table 4 / Table 2 style, ASR as
+``pct [lo–hi]``, the paper's numbers beside the measured ones) and
 ``refusal_position.png`` (Figure 4 style CDF of the first refusal position,
 one line per variant; plus one panel per attack).
 """
@@ -39,9 +42,12 @@ def _avg(vals: list[float | None]) -> float | None:
 
 
 def summarize(profile: str, metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``summary.json``: one row per variant. ``asr_detail``/``scoring``/``over_refusal*`` are
+    empty or None for metrics written before they existed."""
     out: dict[str, Any] = {"profile": profile, "variants": {}}
     for name, m in metrics.items():
         asr = m["asr"]
+        orf = m.get("over_refusal") or None
         out["variants"][name] = {
             "asr": asr,
             "asr_black_box_avg": _avg([asr.get(a) for a in BLACK_BOX if a in asr]),
@@ -51,6 +57,10 @@ def summarize(profile: str, metrics: dict[str, dict[str, Any]]) -> dict[str, Any
             "n": m["n"],
             "halt": m.get("halt", {}),
             "split": m.get("split"),
+            "asr_detail": m.get("asr_detail", {}),
+            "scoring": m.get("scoring", {}),
+            "over_refusal": orf["rate"] if orf else None,
+            "over_refusal_detail": orf,
         }
     return out
 
@@ -59,22 +69,88 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
 
 
+def _fmt_ci(value: Any, detail: dict[str, Any] | None) -> str:
+    """``12.5 [7.7–19.6]`` (95% Wilson interval) when the detail has one, else the bare value."""
+    ci = (detail or {}).get("ci95")
+    return _fmt(value) if value is None or not ci else f"{value:.1f} [{ci[0]:.1f}–{ci[1]:.1f}]"
+
+
+def _judge_name(fp: dict[str, str]) -> str:
+    return f"`{fp['judge']}` v{fp['judge_version']} (config {fp['judge_config_sha256']})"
+
+
+def _n_label(ns: dict[str, int | None]) -> tuple[str, bool]:
+    """``" (n=120)"`` when every variant has the same n, else ``("", True)``: n goes in a footnote."""
+    vals = set(ns.values())
+    if vals <= {None}:  # not recorded (older metrics.json)
+        return "", False
+    return (f" (n={vals.pop()})", False) if len(vals) == 1 and None not in vals else ("", True)
+
+
+def scoring_notes(variants: dict[str, dict[str, Any]]) -> list[str]:
+    """Lines naming the judge(s) once, and a warning when variants were scored differently."""
+    fps = {json.dumps(fp, sort_keys=True): fp for v in variants.values() for fp in (v.get("scoring") or {}).get("judges", {}).values()}
+    fps.update({json.dumps(v["over_refusal_detail"]["judge"], sort_keys=True): v["over_refusal_detail"]["judge"]
+                for v in variants.values() if (v.get("over_refusal_detail") or {}).get("judge")})
+    if not fps:
+        return ["Judge: not recorded (metrics written before judge fingerprints)."]
+    if len(fps) == 1:
+        lines = [f"Judge: {_judge_name(next(iter(fps.values())))}, for every attack and variant"
+                 + (" and the over-refusal prompts." if any(v.get("over_refusal_detail") for v in variants.values()) else ".")]
+    else:
+        lines = ["Judges (they differ between attacks or variants):"]
+        for name, v in variants.items():
+            per = dict(sorted((v.get("scoring") or {}).get("judges", {}).items()))
+            if (v.get("over_refusal_detail") or {}).get("judge"):
+                per["over-refusal"] = v["over_refusal_detail"]["judge"]
+            lines.append(f"- {name}: " + ", ".join(f"{a} {_judge_name(fp)}" for a, fp in per.items()))
+    sets = {(v.get("scoring") or {}).get("attack_set_sha256") for v in variants.values()}
+    if len(sets) == 1 and None not in sets:
+        lines.append(f"Attack set: `{sets.pop()}` (hash of every attack's config, seed, split and question caps).")
+    else:
+        lines.append("**Warning: the variants were attacked with different attack configs (attack_set_sha256 "
+                     + ", ".join(f"{n} {(v.get('scoring') or {}).get('attack_set_sha256')}" for n, v in variants.items())
+                     + "); their ASRs are not comparable.**")
+    prompt_sets = {(v.get("over_refusal_detail") or {}).get("prompts_sha256") for v in variants.values()} - {None}
+    if len(prompt_sets) > 1:
+        lines.append("**Warning: the variants' over-refusal prompts differ (prompts_sha256); their over-refusal rates are not comparable.**")
+    return lines
+
+
 def ablation_markdown(summary: dict[str, Any]) -> str:
     variants = summary["variants"]
     attacks = sorted({a for v in variants.values() for a in v["asr"]})
     helps = sorted({h for v in variants.values() for h in v["helpfulness"]})
-    head = ["variant", *[f"{a} ASR" for a in attacks], "black-box avg", "white-box avg", *[f"{h} help" for h in helps],
-            "refusal at 0 %", "refusal median pos", "paper black/white avg"]
-    lines = [f"# Ablation (profile `{summary['profile']}`)", "",
-             "Measured ASR % (lower is safer) and helpfulness % (higher is better) on the held-out split;",
-             "the last column is the paper's Table 4 (LLaMA3-70B) for reference.", "",
+    footnotes: list[str] = []
+    asr_heads = []
+    for a in attacks:
+        label, varies = _n_label({n: (v.get("asr_detail", {}).get(a) or {}).get("n") for n, v in variants.items()})
+        asr_heads.append(f"{a} ASR{label}")
+        if varies:
+            footnotes.append(f"{a}: n = " + ", ".join(f"{n} {(v.get('asr_detail', {}).get(a) or {}).get('n', '-')}" for n, v in variants.items()))
+    or_label, or_varies = _n_label({n: (v.get("over_refusal_detail") or {}).get("n") for n, v in variants.items()})
+    if or_varies:
+        footnotes.append("over-refusal: n = " + ", ".join(f"{n} {(v.get('over_refusal_detail') or {}).get('n', '-')}" for n, v in variants.items()))
+    errors = {f"{n}/{a}": d["errors"] for n, v in variants.items() for a, d in (v.get("asr_detail") or {}).items() if d.get("errors")}
+    if errors:
+        footnotes.append("undecided verdicts (judge errors, left out of n): " + ", ".join(f"{k} {c}" for k, c in errors.items()))
+    head = ["variant", *asr_heads, "black-box avg", "white-box avg", *[f"{h} help" for h in helps],
+            f"over-refusal %{or_label}", "refusal at 0 %", "refusal median pos", "paper black/white avg"]
+    lines = [f"# Ablation (profile `{summary['profile']}`)", "", *scoring_notes(variants), "",
+             "Measured ASR % (lower is safer) with its 95% Wilson interval `[lo–hi]` over n decided verdicts,",
+             "helpfulness % (higher is better) and over-refusal % (safe prompts that look harmful, refused; lower is better)",
+             "on the held-out split; the last column is the paper's Table 4 (LLaMA3-70B) for reference.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, v in variants.items():
         paper = PAPER_TABLE4.get(name)
-        row = [name, *[_fmt(v["asr"].get(a)) for a in attacks], _fmt(v["asr_black_box_avg"]), _fmt(v["asr_white_box_avg"]),
-               *[_fmt(v["helpfulness"].get(h)) for h in helps], _fmt(v["refusal_position"]["share_at_0"]),
+        detail = v.get("asr_detail") or {}
+        row = [name, *[_fmt_ci(v["asr"].get(a), detail.get(a)) for a in attacks], _fmt(v["asr_black_box_avg"]),
+               _fmt(v["asr_white_box_avg"]), *[_fmt(v["helpfulness"].get(h)) for h in helps],
+               _fmt_ci(v.get("over_refusal"), v.get("over_refusal_detail")), _fmt(v["refusal_position"]["share_at_0"]),
                _fmt(v["refusal_position"]["median"]), f"{paper[0]} / {paper[1]}" if paper else "-"]
         lines.append("| " + " | ".join(row) + " |")
+    if footnotes:
+        lines += ["", *[f"- {f}" for f in footnotes]]
     lines += ["", "## Paper Table 2 (LLaMA3-70B) for reference", "",
               "| variant | " + " | ".join(PAPER_TABLE2["vanilla"]) + " |", "|---|" + "---|" * len(PAPER_TABLE2["vanilla"])]
     for name, row in PAPER_TABLE2.items():

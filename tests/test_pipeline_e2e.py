@@ -39,6 +39,15 @@ def test_dvc_repro_small(tmp_path):
         assert "miniworld" in v["helpfulness"], name
         assert set(v["refusal_position"]) == {"share_at_0", "median", "share_after_30"}, name
         assert isinstance(v["n"], dict) and v["n"], name
+        assert set(v["asr_detail"]) == set(v["asr"]), name
+        for attack, d in v["asr_detail"].items():
+            assert set(d) == {"asr", "n", "unsafe", "errors", "ci95"} and d["asr"] == v["asr"][attack], (name, attack)
+            assert d["n"] == 0 or d["ci95"][0] <= d["asr"] <= d["ci95"][1], (name, attack)
+        assert set(v["scoring"]["judges"]) == set(v["asr"]) and v["scoring"]["attack_set_sha256"], name
+        assert v["over_refusal_detail"]["n"] == 60 and v["over_refusal"] == v["over_refusal_detail"]["rate"], name
+        assert (ws / "eval" / name / "overrefusal.jsonl").is_file(), name
+    # Every variant was scored by the same judge on the same attack set.
+    assert len({json.dumps(v["scoring"], sort_keys=True) for v in summary["variants"].values()}) == 1
     assert (ws / "reports" / "ablation.md").read_text().strip()
     assert (ws / "reports" / "refusal_position.png").stat().st_size > 0
 
