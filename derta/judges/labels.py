@@ -46,22 +46,10 @@ def sha256_text(text: str) -> str:
 
 
 def read_entries(path: str | Path) -> list[Any]:
-    """Every entry of a dev file, in order: a JSON list or JSON lines."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(str(path), err.lineno, "json", err.msg) from None
-    out = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        if raw.strip():
-            try:
-                out.append(json.loads(raw))
-            except json.JSONDecodeError as err:
-                raise DataError(str(path), lineno, "json", err.msg) from None
-    return out
+    """Every entry of a dev file, in order: a JSON list or JSON lines (the reader ``derta judge`` uses)."""
+    from derta.judges.inputs import _decode, _records
+
+    return [value for _, value in _records(Path(path), _decode(Path(path)))]
 
 
 def has_response(entry: Any) -> bool:
