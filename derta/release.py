@@ -1,10 +1,27 @@
 """Ingest of the paper's released data into a source directory.
 
-The release (github.com/RobustNLP/DeRTa, pinned by ``base_url``) ships the test
-sets; the training sources are files the user provides (the WizardLM
-Evol-Instruct helpfulness data and the safety triples are not in the release).
-Every input is hashed; a pinned ``sha256`` that does not match is an error,
-and an unpinned file is never downloaded unless ``allow_unpinned`` is set.
+The release (github.com/RobustNLP/DeRTa, MIT, commit ``RELEASE_COMMIT``, the
+newest) ships both the test sets and the training sources:
+
+* the helpfulness data as six JSON-lines parts
+  ``data/train/helpfulness_unsencor_wizardlm_60k_part_{0..5}.json``
+  ``{instruction, output}``: one logical file per part (``helpful_0`` ..
+  ``helpful_5``); ingest concatenates the configured parts in that order;
+* the safety triples ``data/train/safety_beaver_safe_and_unsafe_response.json``
+  ``{instruction, output (harmful response), safe_response}`` (``safety``);
+* the test sets ``data/test/*.json`` ``{question[, answer]}``;
+* ``malicious`` (``malicious_tuning_data_330.json``, ``{prefix, text}``) and
+  ``example`` (``example_data_to_read.json``, ``{prefix, text, safe}``):
+  fetchable and verified, but nothing is ingested from them.
+
+Every default file is pinned by ``RELEASE_PINS``: its git blob id (what
+``git hash-object`` prints) and, where known, its sha256. After a file is read
+or downloaded both pins are checked (``git_blob`` first); a mismatch is a
+``DataError`` with that rule and nothing is written. A remote file with
+neither pin is never downloaded unless ``allow_unpinned`` is set. Any logical
+file can point at a local path (absolute, or under ``local_dir``); the default
+pins stay with the logical file, so a file that is not the release's own needs
+its own pins (or ``""`` to leave it unpinned).
 
 Source directory layout (written by the ``source`` stage: the mini-world or
 this ingest; all JSON lines keyed by a stable ``id``)::
@@ -27,19 +44,22 @@ Release-specific choices:
   with reference answers) become ``eval_helpful.jsonl`` with ``kind`` = set name.
 * Helpfulness instances whose output contains a refusal phrase are dropped
   (paper section 3.1: "uncensored" Evol-Instruct); the count is in ``dropped``.
-* Record ids are ``release-<name>-<index in the input file>``, so an id does
+* Record ids are ``release-<name>-<index in the input>`` (for the helpfulness
+  data, the index in the concatenation of the configured parts), so an id does
   not change when the refusal filter or ``max_helpful`` changes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import Field, field_validator
 
@@ -49,26 +69,74 @@ from derta.io import atomic_path, check_record, sha256_file, write_json, write_j
 
 log = logging.getLogger(__name__)
 
-RELEASE_COMMIT = "c12e97aeecc7ac6a73af30c6303007e0d6e3d993"
+RELEASE_COMMIT = "70bdb52b5e139f32f5a723b5f09d2b0befa81657"  # 2024-10-21, the newest commit
 
-# Logical name -> (default path in the release, required string fields).
-# "" = not in the release: the user gives a path (absolute, or under local_dir).
-KNOWN_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "helpful": ("", ("instruction", "output")),
-    "safety": ("", ("instruction", "output", "safe_response")),
-    "test_harmful": ("data/test/safety_illegal_instructions_200.json", ("question",)),
-    "gsm8k": ("data/test/helpfulness_gsm8k_500.json", ("question", "answer")),
-    "mmlu": ("data/test/helpfulness_mmlu_500.json", ("question", "answer")),
-    "alpacaeval": ("data/test/helpfulness_alpaca_eval_300.json", ("question",)),
-    "codeattack": ("data/test/safety_codeattack.json", ("question",)),
-    "completionattack": ("data/test/safety_completionattack.json", ("question",)),
-    "jailbreakchat": ("data/test/safety_jailbreakchat.json", ("question",)),
-    "selfcipher": ("data/test/safety_selfcipher.json", ("question",)),
+# Release path -> (git blob id, sha256 or "") at RELEASE_COMMIT. Source: MANIFEST.md of the
+# project's copy of the release (shared/release/MANIFEST.md, not part of this repo), which lists
+# every data file; the git blob id is sha1(b"blob <size>\0" + bytes), what `git hash-object`
+# prints. The large training files are pinned by blob id only (the manifest has no sha256).
+RELEASE_PINS: dict[str, tuple[str, str]] = {
+    "data/test/helpfulness_alpaca_eval_300.json": (
+        "ff351fdff924872cbb13edb9df38ba415a2f21c3", "f187839cac36fe91f186b8049532c1996b71862aba154dc46fc2f855dfd771a5"),
+    "data/test/helpfulness_gsm8k_500.json": (
+        "dd8bfe13569b77feb261f59de341db117771e220", "ccdcb02cf6a19fc84900e072cb32f4cfee591fa2bcdf0c1b29777b3fa16b7b16"),
+    "data/test/helpfulness_mmlu_500.json": (
+        "5ebc532abf371380257fb1b27765b5c2893ba574", "8ca517950e024a40d8594cdfb8c0f8827671286f376696e461fd2e0016cd5ce3"),
+    "data/test/safety_codeattack.json": (
+        "c079ad1adef465d6f6ea5d3d7c467d3b48250fa1", "66b749d114a05f1bb2bb3ed218cdbac1ffc1a3c493fc0f60452977762d5e99d0"),
+    "data/test/safety_completionattack.json": (
+        "7aeaad2892f856e3ef886f6a42492aa40f725135", "2375fa405d5bed8ae6ca24749f12c993d90c83cde1ef41b856a9e8538c46c696"),
+    "data/test/safety_illegal_instructions_200.json": (
+        "97d200bc695f7091763971e92bd0c377338029bf", "d77c96592c8ef1ea680a61876bbe91f49749f8283a633f74e84f35906329f01d"),
+    "data/test/safety_jailbreakchat.json": (
+        "da53793491ccde5bd83e2e57ed18051ceeac180a", "65d8e52636e055d2c1da5b855f15d34cf0328f8b2d5dba24828ed574d32e48d2"),
+    "data/test/safety_selfcipher.json": (
+        "3c7a8d4c6f626106f365ddca80eb25ec29d3aecb", "0b47727e970825a0d6b6e64aacdea77e04ddd45aa2e2e05cbb0cb4bb8d64cd3e"),
+    "data/train/example_data_to_read.json": (
+        "c6fb1019057540f5c27aecd3082f566cfe4bc190", "4f627c4eb7636a14255dcb56af43b0aa625d7c94289c8a51c8fde8f8d88130ce"),
+    "data/train/helpfulness_unsencor_wizardlm_60k_part_0.json": ("261571ec80802169ecc9417f2997cdfe72723310", ""),
+    "data/train/helpfulness_unsencor_wizardlm_60k_part_1.json": ("9c33aae16e99b4ba4d55aeb929891100c00d5de8", ""),
+    "data/train/helpfulness_unsencor_wizardlm_60k_part_2.json": ("3214b5684c22bf46e4e528fe51d2fadeab797ee7", ""),
+    "data/train/helpfulness_unsencor_wizardlm_60k_part_3.json": ("ac9b7d7504c8c0d43529fca148cfb888954f3f86", ""),
+    "data/train/helpfulness_unsencor_wizardlm_60k_part_4.json": ("eb77dcbf02ac55713120233dd6cc201241bf78ee", ""),
+    "data/train/helpfulness_unsencor_wizardlm_60k_part_5.json": ("d3e92d9ff6cd749fb235ff0da863c9d2768f7076", ""),
+    "data/train/malicious_tuning_data/malicious_tuning_data_330.json": (
+        "5e3ec9fbac502ba44b9336d63ec2d49b156fc73c", "4542b5a8f35be54ecfe8ce594f631e92f9a8aafea442a3ac5fe69139fd3067a9"),
+    "data/train/safety_beaver_safe_and_unsafe_response.json": ("da47a6ee422529a8ad539267c48763db351cd2df", ""),
 }
-REQUIRED_FILES = ("helpful", "safety", "test_harmful")
+
+
+class KnownFile(NamedTuple):
+    path: str                # default path in the release
+    fields: tuple[str, ...]  # required non-empty string fields of every record
+    role: str                # helpful | safety | test | extra (fetchable, not ingested)
+
+
+_HELPFUL_PATH = "data/train/helpfulness_unsencor_wizardlm_60k_part_{}.json"
+KNOWN_FILES: dict[str, KnownFile] = {
+    **{f"helpful_{i}": KnownFile(_HELPFUL_PATH.format(i), ("instruction", "output"), "helpful") for i in range(6)},
+    "safety": KnownFile(
+        "data/train/safety_beaver_safe_and_unsafe_response.json", ("instruction", "output", "safe_response"), "safety"
+    ),
+    "test_harmful": KnownFile("data/test/safety_illegal_instructions_200.json", ("question",), "test"),
+    "gsm8k": KnownFile("data/test/helpfulness_gsm8k_500.json", ("question", "answer"), "test"),
+    "mmlu": KnownFile("data/test/helpfulness_mmlu_500.json", ("question", "answer"), "test"),
+    "alpacaeval": KnownFile("data/test/helpfulness_alpaca_eval_300.json", ("question",), "test"),
+    "codeattack": KnownFile("data/test/safety_codeattack.json", ("question",), "test"),
+    "completionattack": KnownFile("data/test/safety_completionattack.json", ("question",), "test"),
+    "jailbreakchat": KnownFile("data/test/safety_jailbreakchat.json", ("question",), "test"),
+    "selfcipher": KnownFile("data/test/safety_selfcipher.json", ("question",), "test"),
+    # Real harmful text: only where the pipeline needs harmful responses, never an MLE target.
+    "malicious": KnownFile("data/train/malicious_tuning_data/malicious_tuning_data_330.json", ("prefix", "text"), "extra"),
+    "example": KnownFile("data/train/example_data_to_read.json", ("prefix", "text", "safe"), "extra"),
+}
+HELPFUL_PARTS = tuple(n for n, k in KNOWN_FILES.items() if k.role == "helpful")
+REQUIRED_FILES = ("safety", "test_harmful")  # and at least one of HELPFUL_PARTS
 # Benchmark file name of a logical test set (the release calls it "illegal instructions").
 BENCHMARK_NAME = {"test_harmful": "illegal_instructions"}
 EMPTY_SPLITS = ("dev_harmful", "dev_helpful")
+PIN_RULES = ("git_blob", "sha256")  # checked in this order
+_HEX = {"git_blob": re.compile(r"[0-9a-f]{40}"), "sha256": re.compile(r"[0-9a-f]{64}")}
 
 DEFAULT_REFUSALS = [
     "I'm sorry", "I am sorry", "I cannot", "I can't", "as an AI", "As an AI",
@@ -80,11 +148,32 @@ class ReleaseFile(StepConfig):
     """One input file of the release ingest."""
 
     path: str = Field("", description="Path relative to local_dir / base_url, or an absolute local path.")
-    sha256: str = Field("", description="Expected SHA-256 (hex); '' = not pinned (then downloads need allow_unpinned).")
+    git_blob: str = Field(
+        "", description="Expected git blob id (40 hex, `git hash-object`); '' = not pinned by blob id."
+    )
+    sha256: str = Field("", description="Expected SHA-256 (64 hex); '' = not pinned by sha256.")
+
+    @field_validator("git_blob", "sha256")
+    @classmethod
+    def _hex(cls, value: str, info: Any) -> str:
+        value = value.strip().lower()
+        if value and not _HEX[info.field_name].fullmatch(value):
+            raise ValueError(f"{info.field_name} must be {_HEX[info.field_name].pattern} or '', got {value!r}")
+        return value
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.git_blob or self.sha256)
+
+
+def _default_entry(name: str) -> dict[str, str]:
+    path = KNOWN_FILES[name].path
+    git_blob, sha256 = RELEASE_PINS[path]
+    return {"path": path, "git_blob": git_blob, "sha256": sha256}
 
 
 def _default_files() -> dict[str, ReleaseFile]:
-    return {name: ReleaseFile(path=path) for name, (path, _) in KNOWN_FILES.items()}
+    return {name: ReleaseFile(**_default_entry(name)) for name in KNOWN_FILES}
 
 
 class ReleaseConfig(StepConfig):
@@ -98,11 +187,15 @@ class ReleaseConfig(StepConfig):
     files: dict[str, ReleaseFile] = Field(
         _default_files(),
         description=(
-            f"Logical name -> {{path, sha256}}; merged over the defaults (a null entry drops a test set). "
-            f"Names: {list(KNOWN_FILES)}; helpful and safety have no default path."
+            "Logical name -> {path, git_blob, sha256}; merged key by key over the defaults (the release path "
+            "and pins at RELEASE_COMMIT); a null entry drops a file. A file that is not the release's own needs "
+            f"its own pins ('' = unpinned). Names: {list(KNOWN_FILES)}; ingest reads the helpful_* parts "
+            "(concatenated in order), safety and the test sets; malicious and example are only fetchable."
         ),
     )
-    allow_unpinned: bool = Field(False, description="Allow downloading files without a pinned sha256 (the hash is reported).")
+    allow_unpinned: bool = Field(
+        False, description="Allow downloading files with neither git_blob nor sha256 pinned (the hashes are reported)."
+    )
     refusal_phrases: list[str] = Field(
         list(DEFAULT_REFUSALS),
         description="Helpfulness instances whose output contains one of these (case-insensitive) are dropped.",
@@ -124,7 +217,7 @@ class ReleaseConfig(StepConfig):
         unknown = sorted(set(value) - set(KNOWN_FILES))
         if unknown:
             raise ValueError(f"unknown release file name(s) {unknown}; valid names: {list(KNOWN_FILES)}")
-        merged: dict[str, Any] = {name: {"path": path} for name, (path, _) in KNOWN_FILES.items()}
+        merged: dict[str, Any] = {name: _default_entry(name) for name in KNOWN_FILES}
         for name, entry in value.items():
             if entry is None:
                 merged.pop(name, None)
@@ -138,7 +231,9 @@ class ReleaseConfig(StepConfig):
                     )
                 merged[name] = {**merged.get(name, {}), **entry}
             else:
-                raise ValueError(f"files.{name}: expected a mapping {{path, sha256}}, got {type(entry).__name__}")
+                raise ValueError(
+                    f"files.{name}: expected a mapping {{path, git_blob, sha256}}, got {type(entry).__name__}"
+                )
         return merged
 
 
@@ -152,8 +247,8 @@ def _location(cfg: ReleaseConfig, name: str) -> tuple[str, bool]:
         raise ConfigError(f"release.files: {name!r} is not configured; configured: {sorted(cfg.files)}")
     if not entry.path:
         raise ConfigError(
-            f"release.files.{name}.path is empty: the release does not ship this file; "
-            "give its path (absolute, or relative to release.local_dir)"
+            f"release.files.{name}.path is empty; give its path "
+            "(relative to release.local_dir / release.base_url, or absolute)"
         )
     if Path(entry.path).is_absolute():
         return entry.path, False
@@ -166,11 +261,11 @@ def _check_pins(cfg: ReleaseConfig, names: list[str]) -> None:
     """Refuse, before any network use, to download a file that is not pinned."""
     for name in names:
         where, remote = _location(cfg, name)
-        if remote and not cfg.files[name].sha256 and not cfg.allow_unpinned:
+        if remote and not cfg.files[name].pinned and not cfg.allow_unpinned:
             raise ConfigError(
-                f"release.files.{name}: refusing to download {where} without a pinned sha256; "
-                f"set release.files.{name}.sha256 (or allow_unpinned: true once, and copy the hash "
-                "reported in manifest.json inputs)"
+                f"release.files.{name}: refusing to download {where} without a pin; "
+                f"set release.files.{name}.git_blob or .sha256 (or allow_unpinned: true once, and copy the "
+                "hashes reported in manifest.json inputs)"
             )
 
 
@@ -205,14 +300,33 @@ def _download(cfg: ReleaseConfig, url: str, dest: Path) -> None:
     raise DataError(url, 0, "download", f"gave up after {cfg.max_retries + 1} attempts; last error: {last}")
 
 
-def fetch(cfg: ReleaseConfig, name: str, dest_dir: str | Path) -> Path:
-    """Copy (local) or download (remote) one logical file into ``dest_dir`` and verify it.
+def file_hashes(path: str | Path) -> dict[str, str]:
+    """``{git_blob, sha256}`` of a file; git_blob = sha1(b"blob <size>\\0" + bytes), as `git hash-object`."""
+    blob = hashlib.sha1(b"blob %d\0" % Path(path).stat().st_size)
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            blob.update(block)
+            sha.update(block)
+    return {"git_blob": blob.hexdigest(), "sha256": sha.hexdigest()}
 
-    Returns the path of the verified copy. A pinned hash that does not match
-    raises ``DataError(<path or URL>, 0, "sha256", "expected X got Y")`` and
-    leaves no file behind. An unpinned remote file is refused (ConfigError)
-    unless ``allow_unpinned``.
-    """
+
+def _verify(entry: ReleaseFile, name: str, path: Path, where: str) -> dict[str, str]:
+    """Hashes of ``path``; DataError(where, 0, rule, "expected X got Y") on the first pin that differs."""
+    got = file_hashes(path)
+    for rule in PIN_RULES:
+        want = getattr(entry, rule)
+        if want and got[rule] != want:
+            raise DataError(
+                where, 0, rule,
+                f"expected {want} got {got[rule]} (release.files.{name}.{rule}; "
+                "a file that is not the release's own needs its own pins, or '' for none)",
+            )
+    return got
+
+
+def _fetch_verified(cfg: ReleaseConfig, name: str, dest_dir: str | Path) -> tuple[Path, dict[str, str]]:
+    """(verified copy in ``dest_dir``, its hashes); on any error no file is left behind."""
     where, remote = _location(cfg, name)
     _check_pins(cfg, [name])
     dest_dir = Path(dest_dir)
@@ -222,18 +336,26 @@ def fetch(cfg: ReleaseConfig, name: str, dest_dir: str | Path) -> Path:
     try:
         if remote:
             _download(cfg, where, part)
-        else:
-            if not Path(where).is_file():
-                raise DataError(where, 0, "file_exists", f"release file {name!r} not found")
+        elif Path(where).is_file():
             shutil.copyfile(where, part)
-        got = sha256_file(part)
-        want = cfg.files[name].sha256.lower()
-        if want and got != want:
-            raise DataError(where, 0, "sha256", f"expected {want} got {got}")
+        else:
+            raise DataError(where, 0, "file_exists", f"release file {name!r} not found")
+        hashes = _verify(cfg.files[name], name, part, where)
         part.replace(dest)
     finally:
         part.unlink(missing_ok=True)
-    return dest
+    return dest, hashes
+
+
+def fetch(cfg: ReleaseConfig, name: str, dest_dir: str | Path) -> Path:
+    """Copy (local) or download (remote) one logical file into ``dest_dir`` and verify it.
+
+    Returns the path of the verified copy. A pinned hash that does not match
+    raises ``DataError(<path or URL>, 0, "git_blob" | "sha256", "expected X got Y ...")``
+    and leaves no file behind. A remote file with neither pin is refused
+    (ConfigError) unless ``allow_unpinned``.
+    """
+    return _fetch_verified(cfg, name, dest_dir)[0]
 
 
 # --- parsing ----------------------------------------------------------------
@@ -318,52 +440,63 @@ def is_refusal(text: str, phrases: list[str]) -> bool:
     return any(p.lower() in low for p in phrases)
 
 
-def ingest(cfg: ReleaseConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Fetch, verify, parse and filter the release; write the source layout atomically.
+def _role(name: str) -> str:
+    return KNOWN_FILES[name].role
 
-    Returns the manifest (also written as ``manifest.json``). Nothing is
-    written under ``out_dir`` unless every input is valid.
-    """
+
+def _ingest_names(cfg: ReleaseConfig) -> list[str]:
+    """The configured files ingest reads, in KNOWN_FILES order; config errors before any I/O."""
     for name in REQUIRED_FILES:
         if name not in cfg.files:
             raise ConfigError(f"release.files: {name!r} is required; configured: {sorted(cfg.files)}")
-    with_answers = [n for n in cfg.files if "answer" in KNOWN_FILES[n][1]]
+    if not any(name in cfg.files for name in HELPFUL_PARTS):
+        raise ConfigError(f"release.files: at least one helpfulness part {list(HELPFUL_PARTS)} is required")
+    with_answers = [n for n in cfg.files if _role(n) == "test" and "answer" in KNOWN_FILES[n].fields]
     bad_sets = [s for s in cfg.eval_helpful_sets if s not in with_answers]
     if bad_sets:
         raise ConfigError(
             f"release.eval_helpful_sets: {bad_sets} are not configured test sets with answers; valid: {with_answers}"
         )
-    names = list(cfg.files)
+    names = [n for n in KNOWN_FILES if n in cfg.files and _role(n) != "extra"]
     for name in names:
         _location(cfg, name)  # every path is set
     _check_pins(cfg, names)
+    return names
 
+
+def _read_inputs(cfg: ReleaseConfig, names: list[str]) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Fetch, verify and parse every file: ({name: input record for the manifest}, {name: records})."""
     inputs: dict[str, dict[str, Any]] = {}
     data: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="derta-release-") as tmp:
         for name in names:
-            where, remote = _location(cfg, name)
-            local = fetch(cfg, name, tmp)
-            digest = sha256_file(local)
-            inputs[name] = {"location": where, "sha256": digest, "pinned": bool(cfg.files[name].sha256)}
-            if not cfg.files[name].sha256:
-                log.warning("release file %s (%s) is not pinned; sha256 %s", name, where, digest)
-            data[name] = read_release_file(local, KNOWN_FILES[name][1], where=where)
+            where, _ = _location(cfg, name)
+            local, hashes = _fetch_verified(cfg, name, tmp)
+            pinned = cfg.files[name].pinned
+            inputs[name] = {"location": where, **hashes, "pinned": pinned}
+            if not pinned:
+                log.warning("release file %s (%s) is not pinned; git_blob %s sha256 %s",
+                            name, where, hashes["git_blob"], hashes["sha256"])
+            data[name] = read_release_file(local, KNOWN_FILES[name].fields, where=where)
+    return inputs, data
 
-    dropped: dict[str, int] = {}
-    helpful = []
-    for i, rec in enumerate(data["helpful"]):
-        if is_refusal(rec["output"], cfg.refusal_phrases):
-            continue
-        helpful.append({"id": f"release-helpful-{i:05d}", "instruction": rec["instruction"], "output": rec["output"]})
-    dropped["helpful_refusal"] = len(data["helpful"]) - len(helpful)
-    if cfg.max_helpful and len(helpful) > cfg.max_helpful:
-        dropped["helpful_over_max"] = len(helpful) - cfg.max_helpful
-        helpful = helpful[: cfg.max_helpful]
-    else:
-        dropped["helpful_over_max"] = 0
 
-    safety = [
+def _helpful_rows(cfg: ReleaseConfig, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Refusal-filtered, capped helpfulness rows (ids keep the input index) and the drop counts."""
+    rows = [
+        {"id": f"release-helpful-{i:05d}", "instruction": r["instruction"], "output": r["output"]}
+        for i, r in enumerate(records)
+        if not is_refusal(r["output"], cfg.refusal_phrases)
+    ]
+    dropped = {"helpful_refusal": len(records) - len(rows), "helpful_over_max": 0}
+    if cfg.max_helpful and len(rows) > cfg.max_helpful:
+        dropped["helpful_over_max"] = len(rows) - cfg.max_helpful
+        rows = rows[: cfg.max_helpful]
+    return rows, dropped
+
+
+def _safety_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
         {
             "id": f"release-safety-{i:05d}",
             "instruction": r["instruction"],
@@ -371,29 +504,32 @@ def ingest(cfg: ReleaseConfig, out_dir: str | Path) -> dict[str, Any]:
             "safe_response": r["safe_response"],
             "category": r["category"] if isinstance(r.get("category"), str) else "",
         }
-        for i, r in enumerate(data["safety"])
+        for i, r in enumerate(records)
     ]
 
-    benchmarks: dict[str, list[dict[str, Any]]] = {}
-    for name in names:
-        if name in ("helpful", "safety"):
-            continue
-        bench = BENCHMARK_NAME.get(name, name)
-        rows = []
-        for i, r in enumerate(data[name]):
-            row = {"id": f"release-{bench}-{i:05d}", "question": r["question"]}
-            if isinstance(r.get("answer"), str):
-                row["answer"] = r["answer"]
-            rows.append(row)
-        benchmarks[bench] = rows
 
-    harmful_set = BENCHMARK_NAME["test_harmful"]
-    outputs: dict[str, list[dict[str, Any]]] = {
+def _benchmark_rows(name: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    bench = BENCHMARK_NAME.get(name, name)
+    rows = []
+    for i, r in enumerate(records):
+        row = {"id": f"release-{bench}-{i:05d}", "question": r["question"]}
+        if isinstance(r.get("answer"), str):
+            row["answer"] = r["answer"]
+        rows.append(row)
+    return rows
+
+
+def _outputs(
+    cfg: ReleaseConfig, helpful: list[dict[str, Any]], safety: list[dict[str, Any]],
+    benchmarks: dict[str, list[dict[str, Any]]],
+) -> dict[str, list[dict[str, Any]]]:
+    """Output file stem -> rows, in the source directory layout."""
+    return {
         "safety_train": safety,
         "helpful_train": helpful,
         "eval_harmful": [
             {"id": r["id"], "question": r["question"], "category": "", "harmful_response": ""}
-            for r in benchmarks[harmful_set]
+            for r in benchmarks[BENCHMARK_NAME["test_harmful"]]
         ],
         "eval_helpful": [
             {"id": r["id"], "question": r["question"], "answer": r["answer"], "kind": s}
@@ -404,13 +540,9 @@ def ingest(cfg: ReleaseConfig, out_dir: str | Path) -> dict[str, Any]:
         **{f"benchmarks/{b}": rows for b, rows in benchmarks.items()},
     }
 
-    manifest: dict[str, Any] = {
-        "source": "release",
-        "config": cfg.model_dump(),
-        "inputs": inputs,
-        "files": {},
-        "dropped": dropped,
-    }
+
+def _write_source(out_dir: str | Path, outputs: dict[str, list[dict[str, Any]]], manifest: dict[str, Any]) -> None:
+    """Write every output and ``manifest.json`` (files: records + sha256 filled in) atomically."""
     with atomic_path(out_dir) as tmp_out:
         (tmp_out / "benchmarks").mkdir(parents=True)
         for name, rows in outputs.items():
@@ -418,5 +550,22 @@ def ingest(cfg: ReleaseConfig, out_dir: str | Path) -> dict[str, Any]:
             n = write_jsonl(path, rows)
             manifest["files"][name] = {"records": n, "sha256": sha256_file(path)}
         write_json(tmp_out / "manifest.json", manifest)
+
+
+def ingest(cfg: ReleaseConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Fetch, verify, parse and filter the release; write the source layout atomically.
+
+    Returns the manifest (also written as ``manifest.json``). Nothing is
+    written under ``out_dir`` unless every input is valid.
+    """
+    names = _ingest_names(cfg)
+    inputs, data = _read_inputs(cfg, names)
+    helpful, dropped = _helpful_rows(cfg, [r for n in names if _role(n) == "helpful" for r in data[n]])
+    benchmarks = {BENCHMARK_NAME.get(n, n): _benchmark_rows(n, data[n]) for n in names if _role(n) == "test"}
+    outputs = _outputs(cfg, helpful, _safety_rows(data["safety"]), benchmarks)
+    manifest: dict[str, Any] = {
+        "source": "release", "config": cfg.model_dump(), "inputs": inputs, "files": {}, "dropped": dropped,
+    }
+    _write_source(out_dir, outputs, manifest)
     log.info("release ingest: %s; dropped %s", {k: v["records"] for k, v in manifest["files"].items()}, dropped)
     return manifest

@@ -5,10 +5,12 @@ Every record here is a content-free placeholder; no third-party data is used.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import threading
+from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,9 +18,10 @@ import pytest
 
 from derta.errors import ConfigError, DataError
 from derta.io import read_jsonl
-from derta.release import KNOWN_FILES, ReleaseConfig, fetch, ingest, read_release_file
+from derta.release import HELPFUL_PARTS, KNOWN_FILES, ReleaseConfig, fetch, file_hashes, ingest, read_release_file
 
-TEST_SETS = [n for n in KNOWN_FILES if n not in ("helpful", "safety")]
+TEST_SETS = [n for n, k in KNOWN_FILES.items() if k.role == "test"]
+UNPINNED = {"git_blob": "", "sha256": ""}
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
@@ -27,12 +30,16 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def make_fake_release(root: Path) -> dict:
-    """Write a release-shaped folder under ``root``; return the ReleaseConfig dict for it."""
+    """Write a release-shaped folder under ``root``; return the ReleaseConfig dict for it.
+
+    The content is fake, so every file is unpinned (the default pins are the real release's);
+    the helpfulness data is one user file (``helpful_0``), the other parts are dropped.
+    """
     for name in TEST_SETS:
         rows = [{"question": f"{name} question {i} about [placeholder topic {i}]?"} for i in range(3)]
-        if "answer" in KNOWN_FILES[name][1]:
+        if "answer" in KNOWN_FILES[name].fields:
             rows = [{**r, "answer": f"The answer is {i}."} for i, r in enumerate(rows)]
-        path = root / KNOWN_FILES[name][0]
+        path = root / KNOWN_FILES[name].path
         if name == "alpacaeval":  # one set as a whole-file JSON array: both layouts are accepted
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
@@ -51,7 +58,11 @@ def make_fake_release(root: Path) -> dict:
          "safe_response": "Sorry, I cannot help with that."}
         for i in range(4)
     ])
-    return {"local_dir": str(root), "files": {"helpful": {"path": "user/helpful.json"}, "safety": {"path": "user/safety.json"}}}
+    files: dict = {name: dict(UNPINNED) for name in TEST_SETS}
+    files.update({name: None for name in HELPFUL_PARTS[1:]})
+    files["helpful_0"] = {"path": "user/helpful.json", **UNPINNED}
+    files["safety"] = {"path": "user/safety.json", **UNPINNED}
+    return {"local_dir": str(root), "files": files}
 
 
 def sha(path: Path) -> str:
@@ -80,8 +91,9 @@ def test_ingest_local_writes_source_layout(release, tmp_path):
     assert on_disk["files"] == m["files"]
     for name, info in m["files"].items():
         assert sha(out / f"{name}.jsonl") == info["sha256"]
-    assert m["inputs"]["helpful"]["sha256"] == sha(root / "user/helpful.json")
-    assert m["inputs"]["helpful"]["pinned"] is False
+    assert m["inputs"]["helpful_0"]["sha256"] == sha(root / "user/helpful.json")
+    assert m["inputs"]["helpful_0"]["pinned"] is False
+    assert sorted(m["inputs"]) == sorted(["helpful_0", "safety", *TEST_SETS])  # malicious/example: not ingested
 
     safety = read_jsonl(out / "safety_train.jsonl", {"id": str, "instruction": str, "output": str, "safe_response": str, "category": str}, unique_key="id")
     assert safety[0]["id"] == "release-safety-00000" and safety[0]["category"] == ""
@@ -124,7 +136,10 @@ def test_sha256_pinned_ok_and_mismatch(release, tmp_path):
     good = sha(root / "user/safety.json")
     cfgd["files"]["safety"]["sha256"] = good
     m = ingest(ReleaseConfig.from_dict(cfgd), tmp_path / "ok")
-    assert m["inputs"]["safety"] == {"location": str(root / "user/safety.json"), "sha256": good, "pinned": True}
+    blob = file_hashes(root / "user/safety.json")["git_blob"]
+    assert m["inputs"]["safety"] == {
+        "location": str(root / "user/safety.json"), "git_blob": blob, "sha256": good, "pinned": True
+    }
 
     cfgd["files"]["safety"]["sha256"] = "0" * 64
     out = tmp_path / "bad"
@@ -138,7 +153,7 @@ def test_sha256_pinned_ok_and_mismatch(release, tmp_path):
 
 def test_fetch_mismatch_leaves_nothing(release, tmp_path):
     _, cfgd = release
-    cfgd["files"]["gsm8k"] = {"sha256": "f" * 64}
+    cfgd["files"]["gsm8k"] = {"git_blob": "", "sha256": "f" * 64}
     dest = tmp_path / "dl"
     with pytest.raises(DataError, match=r"\[sha256\]"):
         fetch(ReleaseConfig.from_dict(cfgd), "gsm8k", dest)
@@ -173,7 +188,7 @@ def test_bad_record_names_file_line_rule(release, tmp_path, line, rule, fragment
 
 def test_invalid_utf8_names_line(release, tmp_path):
     root, cfgd = release
-    path = root / KNOWN_FILES["codeattack"][0]
+    path = root / KNOWN_FILES["codeattack"].path
     path.write_bytes(path.read_bytes() + b'{"question": "bad \xff byte"}\n')
     out = tmp_path / "out"
     with pytest.raises(DataError) as ei:
@@ -200,10 +215,14 @@ def test_config_errors(release, tmp_path):
     _, cfgd = release
     with pytest.raises(ConfigError, match="valid names"):
         ReleaseConfig.from_dict({**cfgd, "files": {"gsm8k_typo": {"path": "x"}}})
-    with pytest.raises(ConfigError, match=r"files\.gsm8k: unknown key\(s\) \['pth'\]; valid keys: \['path', 'sha256'\]"):
+    with pytest.raises(ConfigError, match=r"files\.gsm8k: unknown key\(s\) \['pth'\]; valid keys: \['git_blob', 'path', 'sha256'\]"):
         ReleaseConfig.from_dict({**cfgd, "files": {"gsm8k": {"pth": "x"}}})
-    with pytest.raises(ConfigError, match=r"helpful\.path is empty"):
-        ingest(ReleaseConfig.from_dict({"local_dir": cfgd["local_dir"]}), tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"git_blob must be"):
+        ReleaseConfig.from_dict({**cfgd, "files": {"gsm8k": {"git_blob": "abc"}}})
+    with pytest.raises(ConfigError, match=r"safety\.path is empty"):
+        ingest(ReleaseConfig.from_dict({**cfgd, "files": {**cfgd["files"], "safety": {"path": ""}}}), tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"at least one helpfulness part"):
+        ingest(ReleaseConfig.from_dict({**cfgd, "files": {**cfgd["files"], "helpful_0": None}}), tmp_path / "out")
     with pytest.raises(ConfigError, match="eval_helpful_sets"):
         ingest(ReleaseConfig.from_dict({**cfgd, "eval_helpful_sets": ["alpacaeval"]}), tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -226,36 +245,44 @@ class _Handler(SimpleHTTPRequestHandler):
         super().do_GET()
 
 
-@pytest.fixture
-def server(release):
-    root, _ = release
+@contextlib.contextmanager
+def serve(root: Path) -> Iterator[tuple[ThreadingHTTPServer, str]]:
+    """Serve ``root`` on a free loopback port: (server, base URL); ``server.failures[path] = n`` sends n 503s."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
     srv.requests, srv.failures = [], {}
     th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     th.start()
-    yield srv, f"http://127.0.0.1:{srv.server_address[1]}/"
-    srv.shutdown()
-    srv.server_close()
+    try:
+        yield srv, f"http://127.0.0.1:{srv.server_address[1]}/"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture
+def server(release):
+    with serve(release[0]) as srv_url:
+        yield srv_url
 
 
 def remote_cfg(root: Path, base_url: str, pin: bool = True) -> dict:
-    files = {
-        "helpful": {"path": str(root / "user/helpful.json")},  # user files stay local (absolute paths)
-        "safety": {"path": str(root / "user/safety.json")},
-    }
+    files: dict = {name: None for name in HELPFUL_PARTS[1:]}
+    # user files stay local (absolute paths)
+    files["helpful_0"] = {"path": str(root / "user/helpful.json"), **UNPINNED}
+    files["safety"] = {"path": str(root / "user/safety.json"), **UNPINNED}
     for name in TEST_SETS:
-        files[name] = {"sha256": sha(root / KNOWN_FILES[name][0]) if pin else ""}
+        files[name] = file_hashes(root / KNOWN_FILES[name].path) if pin else dict(UNPINNED)
     return {"base_url": base_url, "files": files, "backoff_s": 0.01, "timeout_s": 5, "max_retries": 3}
 
 
 def test_download_pinned_with_retries(release, server, tmp_path):
     root, _ = release
     srv, url = server
-    path = "/" + KNOWN_FILES["gsm8k"][0]
+    path = "/" + KNOWN_FILES["gsm8k"].path
     srv.failures[path] = 2  # two 503s, then the file
     m = ingest(ReleaseConfig.from_dict(remote_cfg(root, url)), tmp_path / "out")
     assert srv.requests.count(path) == 3
-    assert m["inputs"]["gsm8k"]["location"] == url + KNOWN_FILES["gsm8k"][0]
+    assert m["inputs"]["gsm8k"]["location"] == url + KNOWN_FILES["gsm8k"].path
     assert m["inputs"]["gsm8k"]["pinned"] is True
     assert m["files"]["benchmarks/gsm8k"]["records"] == 3
 
@@ -268,7 +295,7 @@ def test_download_wrong_sha256(release, server, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(DataError) as ei:
         ingest(ReleaseConfig.from_dict(cfgd), out)
-    assert (ei.value.path, ei.value.line, ei.value.rule) == (url + KNOWN_FILES["mmlu"][0], 0, "sha256")
+    assert (ei.value.path, ei.value.line, ei.value.rule) == (url + KNOWN_FILES["mmlu"].path, 0, "sha256")
     assert not out.exists()
 
 
@@ -276,11 +303,11 @@ def test_download_unpinned_refused_unless_allowed(release, server, tmp_path):
     root, _ = release
     srv, url = server
     cfgd = remote_cfg(root, url, pin=False)
-    with pytest.raises(ConfigError, match="without a pinned sha256"):
+    with pytest.raises(ConfigError, match=r"without a pin; set release\.files\.test_harmful\.git_blob or \.sha256"):
         ingest(ReleaseConfig.from_dict(cfgd), tmp_path / "out")
     assert srv.requests == []  # refused before any request
     m = ingest(ReleaseConfig.from_dict({**cfgd, "allow_unpinned": True}), tmp_path / "out")
-    assert m["inputs"]["codeattack"]["sha256"] == sha(root / KNOWN_FILES["codeattack"][0])
+    assert m["inputs"]["codeattack"]["sha256"] == sha(root / KNOWN_FILES["codeattack"].path)
     assert m["inputs"]["codeattack"]["pinned"] is False
 
 
@@ -292,7 +319,7 @@ def test_download_404_and_persistent_5xx(release, server, tmp_path):
     with pytest.raises(DataError, match=r"\[download\] HTTP 404"):
         ingest(ReleaseConfig.from_dict(cfgd), tmp_path / "out")
     cfgd = remote_cfg(root, url)
-    srv.failures["/" + KNOWN_FILES["jailbreakchat"][0]] = 100
+    srv.failures["/" + KNOWN_FILES["jailbreakchat"].path] = 100
     with pytest.raises(DataError, match=r"gave up after 4 attempts; last error: HTTP 503"):
         ingest(ReleaseConfig.from_dict(cfgd), tmp_path / "out")
     assert not (tmp_path / "out").exists()
