@@ -10,6 +10,11 @@ cancels out on average (and the run is reproducible). A win counts 1, a loss
 
 No judge configured -> :func:`alpacaeval_or_skip` returns a ``skipped`` reason
 instead of a number (the pipeline never invents a helpfulness score).
+
+In the evaluate stage (params ``eval.alpacaeval``, :class:`AlpacaEvalBenchConfig`)
+it runs when both a questions file (instructions with reference outputs) and
+a judge endpoint are configured; otherwise ``metrics.skipped.alpacaeval`` says
+which of the two is missing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -47,12 +53,68 @@ Answer with exactly one letter: "A" if Output A is better, or "B" if Output B is
 
 
 class AlpacaEvalConfig(StepConfig):
-    """Pairwise LLM-judge win rate against reference outputs (params: eval.alpacaeval)."""
+    """Pairwise LLM-judge win rate against reference outputs (params: eval.alpacaeval.judge)."""
 
     llm: LLMConfig | None = Field(None, description="Judge endpoint (base_url, model, api_key_env); unset = skipped.")
     seed: int = Field(0, description="Seeds the per-item A/B order.")
     max_tokens: int = Field(16, ge=1, description="Judge reply budget (one letter is enough).")
     max_items: int = Field(0, ge=0, description="Score only the first N items (0 = all).")
+
+
+INSTRUCTION_KEYS = ("instruction", "question")
+REFERENCE_KEYS = ("output", "reference")
+
+
+class AlpacaEvalBenchConfig(StepConfig):
+    """AlpacaEval in the evaluate stage (params: eval.alpacaeval); runs only with a questions file and a judge."""
+
+    questions_file: str = Field(
+        "", description="JSON lines or JSON list of {instruction (or question), output (or reference)}: the "
+                        "instructions and the reference outputs the model is compared with (AlpacaEval's "
+                        "alpaca_eval.json shape). '' = skipped. The release's helpfulness_alpaca_eval_300.json "
+                        "holds instructions only and cannot be used as is.")
+    judge: AlpacaEvalConfig = Field(
+        default_factory=AlpacaEvalConfig,
+        description="The pairwise judge: llm {base_url, model, api_key_env}, seed, max_tokens, max_items; "
+                    "no llm = skipped.")
+
+    def skip_reason(self, where: str = "eval.alpacaeval") -> str | None:
+        """Why AlpacaEval cannot run (every missing piece, '; '-joined), or ``None`` when it can."""
+        reasons = []
+        if not self.questions_file:
+            reasons.append(f"no questions file configured ({where}.questions_file)")
+        llm = self.judge.llm
+        if llm is None or not llm.base_url or not llm.model:
+            reasons.append(f"no judge endpoint configured ({where}.judge.llm: base_url and model)")
+        return "; ".join(reasons) or None
+
+
+def read_items(path: str | Path) -> tuple[list[str], list[str]]:
+    """(instructions, reference outputs) of a questions file; bad input raises DataError (file, line, rule)."""
+    from derta.errors import DataError
+    from derta.judges.inputs import _decode, _records
+
+    path = Path(path)
+    instructions, references = [], []
+    for lineno, rec in _records(path, _decode(path)):
+        where = (str(path), lineno)
+        if not isinstance(rec, dict):
+            raise DataError(*where, "shape", f"expected a JSON object, got {type(rec).__name__}")
+        ikey = next((k for k in INSTRUCTION_KEYS if k in rec), None)
+        rkey = next((k for k in REFERENCE_KEYS if k in rec), None)
+        if ikey is None:
+            raise DataError(*where, "required_field", "missing field 'instruction' (or 'question')")
+        if rkey is None:
+            raise DataError(*where, "required_field", "missing the reference output 'output' (or 'reference'): "
+                                                       "the win rate is measured against it")
+        for key in (ikey, rkey):
+            if not isinstance(rec[key], str) or not rec[key].strip():
+                raise DataError(*where, "type", f"field {key!r} must be a non-empty string")
+        instructions.append(rec[ikey])
+        references.append(rec[rkey])
+    if not instructions:
+        raise DataError(str(path), 0, "non_empty", "no instructions in file")
+    return instructions, references
 
 
 def fill(template: str, **values: str) -> str:
@@ -128,14 +190,15 @@ def alpacaeval_or_skip(
     reference_outputs: Sequence[str],
     *,
     transport: Any = None,
+    skip_reason: str = SKIP_REASON,
 ) -> dict[str, Any]:
-    """:func:`win_rate` with the configured judge, or ``{"skipped": reason}`` when none is configured."""
+    """:func:`win_rate` with the configured judge, or ``{"skipped": skip_reason}`` when none is configured."""
     if cfg_or_none is None or isinstance(cfg_or_none, dict) and not cfg_or_none:
-        return {"skipped": SKIP_REASON}
+        return {"skipped": skip_reason}
     cfg = cfg_or_none if isinstance(cfg_or_none, AlpacaEvalConfig) else AlpacaEvalConfig.from_dict(
-        cfg_or_none, where="eval.alpacaeval")
+        cfg_or_none, where="eval.alpacaeval.judge")
     if cfg.llm is None or not cfg.llm.base_url or not cfg.llm.model:
-        return {"skipped": SKIP_REASON}
+        return {"skipped": skip_reason}
     k = cfg.max_items or len(instructions)
     with ChatClient(cfg.llm, transport=transport) as judge:
         res = win_rate(list(instructions)[:k], list(model_outputs)[:k], list(reference_outputs)[:k], judge,

@@ -4,6 +4,7 @@
     derta judges [--json]             the judge registry
     derta judge --attack A --responses F [--judge J]   ASR of a responses file (one JSON line)
     derta judge-devset [--judge J]    judge agreement with the Appendix C dev set
+    derta score --bench B --responses F   helpfulness accuracy of a responses file (one JSON line)
     derta bench BENCH ...             micro-benchmarks (one JSON line each)
     derta world --out DIR [--seed N]  write the synthetic mini-world (stage ``source``)
     derta config [STEP]               the fields, defaults and help of a step config
@@ -99,6 +100,16 @@ def cmd_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """Accuracy of ``{question, response, answer}`` records on one helpfulness benchmark; one JSON line."""
+    from derta.helpfulness import score_file
+
+    res = score_file(args.bench, args.responses)
+    print(json.dumps({"accuracy": res["accuracy"], "n": res["n"], "bench": res["bench"], "correct": res["correct"],
+                      "ci95": res["ci95"]}))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.step is None:
         for name in sorted(STEP_CONFIGS):
@@ -154,7 +165,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = cfg.model_copy(update={k: v for k, v in over.items() if v is not None})
     with tempfile.TemporaryDirectory(prefix="derta-evaluate-") as tmp:
         m = run(cfg, _model_for_eval(args.model, Path(tmp)), args.source, args.out)
-    print(json.dumps({"model": args.model, "split": cfg.split, "asr": m["asr"], "helpfulness": m["helpfulness"]}))
+    print(json.dumps({"model": args.model, "split": cfg.split, "asr": m["asr"], "helpfulness": m["helpfulness"],
+                      "skipped": m.get("skipped", {})}))
     return 0
 
 
@@ -196,6 +208,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["eval", "dev"], default=None, help="held-out split (default: params eval.split)")
     p.add_argument("--max-questions", type=int, default=None, help="only the first N harmful questions")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score", help="helpfulness accuracy of a responses file on gsm8k, mmlu or miniworld (one JSON line)")
+    p.add_argument("--bench", required=True, help="benchmark whose scorer to use: gsm8k | mmlu | miniworld")
+    p.add_argument("--responses", required=True, help="JSON lines or a JSON list of {question, response, answer}")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("config", help="print the fields, defaults and help of a step config")
     p.add_argument("step", nargs="?", default=None, help=f"one of {sorted(STEP_CONFIGS)}; omit to list them")

@@ -1,8 +1,15 @@
 """Generation backends: the model under test as a :class:`derta.attacks.base.Target`.
 
-``HFTarget``: batched greedy decoding with left padding and length-sorted
-batches (Hugging Face ``generate``). ``VLLMTarget``: the optional GPU backend
-(``pip install .[gpu]``), imported lazily.
+Registry ``BACKENDS`` (``generation.backend``), built by :func:`load_target`:
+
+* ``hf``: :class:`HFTarget`, batched greedy decoding with left padding and
+  length-sorted batches (Hugging Face ``generate``), CPU or GPU.
+* ``vllm``: :class:`VLLMTarget`, the optional GPU backend
+  (``pip install -e '.[gpu]'``), imported lazily. :func:`check_backend`
+  raises a :class:`ConfigError` naming that extra before any model is loaded.
+
+Both feed the model the same token ids: the formatted prompt tokenized
+without special tokens, left-truncated to ``max_prompt_tokens``.
 
 Prompt formatting (must match training, see derta/variants.py): a chat prompt
 is ``template.format(q=text)``, followed by ``response_sep + prefill`` when the
@@ -11,25 +18,68 @@ attack prefills the response; a raw prompt (``chat=False``) is fed as is.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from derta.attacks.base import AttackPrompt
 from derta.config import StepConfig
+from derta.errors import ConfigError
+
+# generation.backend -> what it runs (the classes are below; load_target builds them).
+BACKENDS: dict[str, str] = {
+    "hf": "HFTarget: batched Hugging Face transformers generate (CPU or GPU)",
+    "vllm": "VLLMTarget: vLLM engine (GPU; pip install -e '.[gpu]')",
+}
+GPU_EXTRA = "pip install -e '.[gpu]'"
 
 
 class GenerationConfig(StepConfig):
     """Decoding settings (paper: greedy)."""
 
-    backend: str = Field("hf", description="hf (batched transformers generate) or vllm (GPU extra).")
+    backend: str = Field("hf", description="hf (batched transformers generate) or vllm (GPU; pip install -e '.[gpu]').")
     batch_size: int = Field(64, description="Prompts per batch (batches are length-sorted).")
     max_new_tokens: int = Field(96, description="New tokens per response.")
     prompt_template: str = Field("[INST] {q} [\\INST]", description="Chat template; must equal the training template.")
     response_sep: str = Field(" ", description="Text between the template and the response (as in training).")
     use_tokenizer_chat_template: bool = Field(False, description="Instruct models: format with the tokenizer's chat template instead.")
     max_prompt_tokens: int = Field(1024, description="Prompts are left-truncated to this many tokens.")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        if v not in BACKENDS:
+            raise ValueError(f"unknown generation backend {v!r}; valid: {sorted(BACKENDS)}")
+        return v
+
+
+def check_backend(cfg: GenerationConfig, where: str = "generation") -> None:
+    """Raise :class:`ConfigError` now if ``cfg.backend`` cannot run here (unknown, or its package missing).
+
+    Cheap (no import of the backend): callers run it before loading any model.
+    """
+    if cfg.backend not in BACKENDS:  # a config built with model_copy(update=...) skips the validator
+        raise ConfigError(f"{where}.backend: unknown generation backend {cfg.backend!r}; valid: {sorted(BACKENDS)}")
+    if cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"{where}.backend 'vllm': the vllm package is not installed; install the GPU extra "
+                          f"({GPU_EXTRA}) or set {where}.backend: hf")
+
+
+def load_target(model_path: str | Path, cfg: GenerationConfig, where: str = "generation") -> HFTarget | VLLMTarget:
+    """The model saved at ``model_path`` (a Hugging Face model dir) as a Target on ``cfg.backend``.
+
+    Both targets expose the tokenizer as ``.tok``.
+    """
+    check_backend(cfg, where)
+    if cfg.backend == "vllm":
+        return VLLMTarget(str(model_path), cfg)
+    from derta.modeling import load_model
+
+    model, tok = load_model(model_path)
+    return HFTarget(model, tok, cfg)
 
 
 def format_prompt(p: AttackPrompt, cfg: GenerationConfig, tokenizer=None) -> str:
@@ -119,7 +169,12 @@ class HFTarget:
 
 
 class VLLMTarget:
-    """vLLM backend for GPU runs (greedy). Imported lazily: ``pip install '.[gpu]'``."""
+    """vLLM backend for GPU runs (greedy). Imported lazily: ``pip install -e '.[gpu]'``.
+
+    Prompts go in as token ids (``{"prompt_token_ids": ...}``), encoded as
+    :class:`HFTarget` encodes them (no special tokens added, left-truncated to
+    ``max_prompt_tokens``), so both backends condition on the same tokens.
+    """
 
     def __init__(self, model_path: str, cfg: GenerationConfig, **llm_kwargs: Any):
         from vllm import LLM, SamplingParams  # noqa: PLC0415 - optional GPU extra
@@ -130,18 +185,29 @@ class VLLMTarget:
         self._params = SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens)
         self._sp = SamplingParams
 
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return [self.tok.encode(t, add_special_tokens=False)[-self.cfg.max_prompt_tokens :] for t in texts]
+
     def generate(self, prompts: list[AttackPrompt], max_new_tokens: int | None = None) -> list[str]:
         params = self._params if max_new_tokens is None else self._sp(temperature=0.0, max_tokens=max_new_tokens)
-        outs = self.llm.generate([format_prompt(p, self.cfg, self.tok) for p in prompts], params)
+        ids = self._encode([format_prompt(p, self.cfg, self.tok) for p in prompts])
+        outs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params)
         return [o.outputs[0].text for o in outs]
 
     def loglik(self, prompts: list[AttackPrompt], continuations: list[str]) -> list[float]:
+        """Sum of log p(continuation | prompt), from vLLM's prompt log-probabilities (as HFTarget.loglik)."""
         params = self._sp(temperature=0.0, max_tokens=1, prompt_logprobs=0)
-        texts = [format_prompt(p, self.cfg, self.tok) for p in prompts]
-        outs = self.llm.generate([t + c for t, c in zip(texts, continuations)], params)
+        heads = self._encode([format_prompt(p, self.cfg, self.tok) for p in prompts])
+        tails = [self.tok.encode(c, add_special_tokens=False) for c in continuations]
+        outs = self.llm.generate([{"prompt_token_ids": h + t} for h, t in zip(heads, tails)], params)
         res = []
-        for t, o in zip(texts, outs):
-            n_head = len(self.tok.encode(t, add_special_tokens=False))
-            lps = [lp for lp in (o.prompt_logprobs or [])[n_head:] if lp]
-            res.append(sum(next(iter(d.values())).logprob for d in lps) if lps else -math.inf)
+        for h, t, o in zip(heads, tails, outs):
+            # prompt_logprobs[i]: {token id: Logprob} for prompt token i (None at i = 0).
+            lps = (o.prompt_logprobs or [])[len(h) :]
+            if not t:
+                res.append(0.0)
+            elif len(lps) != len(t) or any(d is None or tok not in d for d, tok in zip(lps, t)):
+                res.append(-math.inf)
+            else:
+                res.append(float(sum(d[tok].logprob for d, tok in zip(lps, t))))
         return res

@@ -6,8 +6,9 @@ Inputs: the trained model dir, the validated source dir (held-out
 prompt text, prefill, response), ``verdicts.jsonl`` (the judge's decision and
 the first refusal's token position), ``helpful.jsonl``, ``overrefusal.jsonl``
 (safe prompts that look harmful, derta/overrefusal.py: id, category, prompt,
-response, refused) and ``metrics.json``. Decoding is greedy and batched
-(derta/generate.py).
+response, refused), ``alpacaeval.jsonl`` (only when AlpacaEval ran: id,
+instruction, reference, response) and ``metrics.json``. Decoding is greedy
+and batched (derta/generate.py).
 
 ``metrics.json`` (every rate in percent, 2 decimals):
 
@@ -23,6 +24,22 @@ response, refused) and ``metrics.json``. Decoding is greedy and batched
   ``generation_sha256`` (decoding settings).
 * ``over_refusal``: ``{rate, n, refused, errors, ci95, set, judge, prompts_sha256}``,
   the share of the over-refusal prompts the default judge marks as refused.
+* ``helpfulness[bench]``: percent per benchmark. The helpful rows are grouped
+  by the benchmark their ``kind`` names (the release writes ``gsm8k`` /
+  ``mmlu``; the mini-world's question types, or no kind, are ``miniworld``:
+  derta.helpfulness.benchmark_of), each scored by its own scorer;
+  ``helpfulness_detail[bench]`` = ``{accuracy, n, correct, ci95}`` (95%
+  Wilson interval). ``helpfulness["alpacaeval"]`` is the
+  win rate against reference outputs (derta/alpacaeval.py), with
+  ``helpfulness_detail["alpacaeval"]`` = ``{win_rate, n, wins, losses, ties,
+  model_first, judge}``, when ``eval.alpacaeval`` has both a questions file
+  and a judge endpoint.
+* ``skipped[bench]``: why a benchmark was not measured (e.g. AlpacaEval with
+  no judge endpoint); a benchmark is never silently absent.
+
+Generation runs on ``eval.generation.backend`` (``hf`` or ``vllm``,
+derta/generate.py); a backend that cannot run here fails before any model
+is loaded.
 """
 
 from __future__ import annotations
@@ -38,16 +55,18 @@ from typing import Any, Literal
 from pydantic import Field
 
 from derta import overrefusal
+from derta.alpacaeval import AlpacaEvalBenchConfig, alpacaeval_or_skip, read_items
 from derta.attacks import get_attack
 from derta.attacks.base import Attack, AttackPrompt, Question, Target
 from derta.config import StepConfig, load_params, step_config
-from derta.generate import GenerationConfig, HFTarget, format_prompt
-from derta.helpfulness import score_helpful
+from derta.errors import DataError
+from derta.generate import GenerationConfig, format_prompt, load_target
+from derta.helpfulness import SCORERS, accuracy_detail, benchmark_of, get_scorer
 from derta.io import atomic_path, read_jsonl, write_json, write_jsonl
 from derta.judges import get_judge
 from derta.judges.base import Judge, JudgeInput
-from derta.modeling import load_model, set_threads
-from derta.stats import pct, rate_detail
+from derta.modeling import set_threads
+from derta.stats import rate_detail
 from steps._common import entry, parser
 
 log = logging.getLogger("derta.evaluate")
@@ -89,6 +108,10 @@ class EvalConfig(StepConfig):
     over_refusal: OverRefusalConfig = Field(
         default_factory=OverRefusalConfig,
         description="Over-refusal check: which safe-but-scary-looking prompt set, how many (rate refused by the default judge).")
+    alpacaeval: AlpacaEvalBenchConfig = Field(
+        default_factory=AlpacaEvalBenchConfig,
+        description="AlpacaEval win rate (paper Table 2): questions_file (instructions + reference outputs) and "
+                    "judge {llm, seed, max_tokens, max_items}; either missing = skipped, with the reason in metrics.skipped.")
 
 
 def _sha256(obj: Any) -> str:
@@ -122,7 +145,8 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
     set_threads()
     src = Path(src_dir)
     qrows = read_jsonl(src / f"{cfg.split}_harmful.jsonl", {"id": str, "question": str}, non_empty=["question"], unique_key="id")
-    hrows = read_jsonl(src / f"{cfg.split}_helpful.jsonl", {"id": str, "question": str, "answer": str}, unique_key="id")
+    helpful_file = src / f"{cfg.split}_helpful.jsonl"
+    hrows = read_jsonl(helpful_file, {"id": str, "question": str, "answer": str}, unique_key="id")
     # Mini-world over-refusal fact questions ask about countries the split's helpful questions name.
     orows = overrefusal.build(cfg.over_refusal.set, cfg.over_refusal.n, cfg.seed,
                               countries=overrefusal.countries_from_questions([r["question"] for r in hrows]))
@@ -141,8 +165,16 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
                "attacks_sha256": {name: attack_sha256(cfg, name, a) for name, a in attacks.items()},
                "generation_sha256": _sha256(cfg.generation.model_dump(mode="json"))}
     scoring["attack_set_sha256"] = _sha256(scoring["attacks_sha256"])
-    model, tok = load_model(Path(model_dir) / "model")
-    target = HFTarget(model, tok, cfg.generation)
+    # Helpful rows: the row's kind names its benchmark (derta.helpfulness.benchmark_of).
+    bad_kinds = sorted({repr(r.get("kind")) for r in hrows if benchmark_of(r.get("kind")) is None})
+    if bad_kinds:
+        raise DataError(str(helpful_file), 0, "kind", f"no scorer for helpful kind(s) {', '.join(bad_kinds)}; valid: "
+                        f"{sorted(SCORERS)} or a mini-world question type")
+    alpaca_skip = cfg.alpacaeval.skip_reason()
+    alpaca_items = None if alpaca_skip else read_items(cfg.alpacaeval.questions_file)
+    # An unknown backend, or vllm without its package, fails here (check_backend), before any model is loaded.
+    target = load_target(Path(model_dir) / "model", cfg.generation, "eval.generation")
+    tok = target.tok
 
     responses: list[dict[str, Any]] = []
     verdicts: list[dict[str, Any]] = []
@@ -184,11 +216,43 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
     t0 = time.perf_counter()
     helpful_prompts = [AttackPrompt(id=r["id"], question_id=r["id"], attack="helpful", text=r["question"]) for r in hrows]
     helpful_out = target.generate(helpful_prompts)
-    scored = [{"id": r["id"], "question": r["question"], "answer": r["answer"], "response": o,
-               "correct": score_helpful(r.get("kind", "miniworld"), o, r["answer"])} for r, o in zip(hrows, helpful_out)]
-    metrics["helpfulness"] = {"miniworld": pct(sum(s["correct"] for s in scored), len(scored))}
+    scored = []
+    for r, o in zip(hrows, helpful_out):
+        bench = benchmark_of(r.get("kind"))
+        scored.append({"id": r["id"], "bench": bench, "kind": r.get("kind"), "question": r["question"], "answer": r["answer"],
+                       "response": o, "correct": get_scorer(bench)(o, r["answer"])})
+    metrics["helpfulness"], metrics["helpfulness_detail"], metrics["skipped"] = {}, {}, {}
+    for bench in sorted({s["bench"] for s in scored}):
+        detail = accuracy_detail(s["correct"] for s in scored if s["bench"] == bench)
+        metrics["helpfulness"][bench] = detail["accuracy"]
+        metrics["helpfulness_detail"][bench] = detail
+        log.info("helpfulness %s: %s%% %s of %d", bench, detail["accuracy"], detail["ci95"], detail["n"])
     metrics["n"]["helpful"] = len(scored)
     metrics["seconds"]["helpful"] = round(time.perf_counter() - t0, 2)
+
+    alpaca_rows = []
+    if alpaca_skip:
+        metrics["skipped"]["alpacaeval"] = alpaca_skip
+        log.info("alpacaeval skipped: %s", alpaca_skip)
+    else:
+        t0 = time.perf_counter()
+        instructions, references = alpaca_items
+        k = cfg.alpacaeval.judge.max_items or len(instructions)
+        instructions, references = instructions[:k], references[:k]
+        alpaca_prompts = [AttackPrompt(id=f"alpacaeval-{i:05d}", question_id=f"alpacaeval-{i:05d}", attack="helpful", text=q)
+                          for i, q in enumerate(instructions)]
+        alpaca_out = target.generate(alpaca_prompts)
+        res = alpacaeval_or_skip(cfg.alpacaeval.judge, instructions, alpaca_out, references)
+        if "skipped" in res:  # skip_reason() checked the same fields first
+            metrics["skipped"]["alpacaeval"] = res["skipped"]
+        else:
+            metrics["helpfulness"]["alpacaeval"] = res["win_rate"]
+            metrics["helpfulness_detail"]["alpacaeval"] = res
+            metrics["n"]["alpacaeval"] = res["n"]
+            log.info("alpacaeval: win rate %s%% over %d (judge %s)", res["win_rate"], res["n"], res["judge"])
+        alpaca_rows = [{"id": p.id, "instruction": q, "reference": ref, "response": o}
+                       for p, q, ref, o in zip(alpaca_prompts, instructions, references, alpaca_out)]
+        metrics["seconds"]["alpacaeval"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
     refusals = over_refusal(orows, target, or_judge)
@@ -213,6 +277,8 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
         write_jsonl(tmp / "verdicts.jsonl", verdicts)
         write_jsonl(tmp / "helpful.jsonl", scored)
         write_jsonl(tmp / "overrefusal.jsonl", refusals)
+        if alpaca_rows:
+            write_jsonl(tmp / "alpacaeval.jsonl", alpaca_rows)
         write_json(tmp / "metrics.json", metrics)
     return metrics
 
@@ -253,7 +319,7 @@ def main() -> None:
     a = p.parse_args()
     params = load_params(a.params)
     m = run(step_config(EvalConfig, params, "eval", a.profile), a.model, a.source, a.out)
-    print({"asr": m["asr"], "helpfulness": m["helpfulness"], "over_refusal": m["over_refusal"]["rate"],
+    print({"asr": m["asr"], "helpfulness": m["helpfulness"], "skipped": m["skipped"], "over_refusal": m["over_refusal"]["rate"],
            "refusal_position": m["refusal_position"]})
 
 

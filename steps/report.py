@@ -3,8 +3,10 @@
 Inputs: ``eval/<variant>/metrics.json`` per variant. Outputs:
 ``summary.json`` (the schema in README "Reports"; each variant row also has
 ``asr_detail`` (n, unsafe, errors, 95% Wilson interval per attack),
-``scoring`` (judge fingerprints, attack-config hashes), ``over_refusal`` (%)
-and ``over_refusal_detail``), ``ablation.md`` (Table 4 / Table 2 style, ASR as
+``scoring`` (judge fingerprints, attack-config hashes), ``over_refusal`` (%),
+``over_refusal_detail``, ``helpfulness_detail`` (n, correct, 95% Wilson
+interval per benchmark; AlpacaEval: win-rate counts) and ``skipped``
+(benchmark -> why it was not measured)), ``ablation.md`` (Table 4 / Table 2 style, ASR as
 ``pct [lo–hi]``, the paper's numbers beside the measured ones) and
 ``refusal_position.png`` (Figure 4 style CDF of the first refusal position,
 one line per variant; plus one panel per attack).
@@ -42,8 +44,8 @@ def _avg(vals: list[float | None]) -> float | None:
 
 
 def summarize(profile: str, metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``summary.json``: one row per variant. ``asr_detail``/``scoring``/``over_refusal*`` are
-    empty or None for metrics written before they existed."""
+    """``summary.json``: one row per variant. ``asr_detail``/``scoring``/``over_refusal*``/
+    ``helpfulness_detail``/``skipped`` are empty or None for metrics written before they existed."""
     out: dict[str, Any] = {"profile": profile, "variants": {}}
     for name, m in metrics.items():
         asr = m["asr"]
@@ -61,6 +63,8 @@ def summarize(profile: str, metrics: dict[str, dict[str, Any]]) -> dict[str, Any
             "scoring": m.get("scoring", {}),
             "over_refusal": orf["rate"] if orf else None,
             "over_refusal_detail": orf,
+            "helpfulness_detail": m.get("helpfulness_detail", {}),
+            "skipped": m.get("skipped", {}),
         }
     return out
 
@@ -155,6 +159,9 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
               "| variant | " + " | ".join(PAPER_TABLE2["vanilla"]) + " |", "|---|" + "---|" * len(PAPER_TABLE2["vanilla"])]
     for name, row in PAPER_TABLE2.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(x) for x in row.values()) + " |")
+    skipped = sorted({f"- {b}: {why}" for v in variants.values() for b, why in (v.get("skipped") or {}).items()})
+    if skipped:
+        lines += ["", "Not measured:", *skipped]
     halts = {n: sum(v.get("halt", {}).values()) for n, v in variants.items()}
     lines += ["", "Halts (responses that start harmful, then refuse): " + ", ".join(f"{n} {c}" for n, c in halts.items()), ""]
     return "\n".join(lines)

@@ -46,6 +46,8 @@ def _evaluate(capsys, model: str, source: Path, out: Path, params: Path) -> dict
     metrics = json.loads((out / "metrics.json").read_text())
     assert line["asr"] == metrics["asr"] and line["helpfulness"] == metrics["helpfulness"]
     assert set(line["asr"]) == {"direct", "prefill"} and set(line["helpfulness"]) == {"miniworld"}
+    assert set(metrics["helpfulness_detail"]) == {"miniworld"} and metrics["helpfulness_detail"]["miniworld"]["n"] == 3
+    assert line["skipped"] == metrics["skipped"] and set(line["skipped"]) == {"alpacaeval"}  # no judge configured
     assert metrics["n"]["direct"] == 4  # --max-questions overrides params eval.max_questions
     return line
 

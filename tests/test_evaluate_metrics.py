@@ -58,6 +58,8 @@ def _metrics(unsafe: dict[str, tuple[int, int, int]], attack_set: str = "aaaa", 
         "halt": {a: 0 for a in unsafe},
         "refusal_positions": {a: [0, 3] for a in unsafe},
         "helpfulness": {"miniworld": 80.0},
+        "helpfulness_detail": {"miniworld": {"accuracy": 80.0, "n": 10, "correct": 8, "ci95": wilson_pct(8, 10)}},
+        "skipped": {"alpacaeval": "no judge endpoint configured (eval.alpacaeval.judge.llm: base_url and model)"},
         "refusal_position": {"share_at_0": 50.0, "median": 1.5, "share_after_30": 0.0, "n": 2},
         "split": "eval",
         "scoring": {"judges": {a: FP for a in unsafe}, "attacks_sha256": {a: a[:4] for a in unsafe},
@@ -87,6 +89,8 @@ def test_summarize_schema_keeps_old_keys_and_adds_detail():
     assert v["over_refusal"] == 10.0
     assert v["over_refusal_detail"]["n"] == 60 and v["over_refusal_detail"]["ci95"] == wilson_pct(6, 60)
     assert s["variants"]["derta"]["over_refusal"] == 50.0
+    assert v["helpfulness_detail"] == {"miniworld": {"accuracy": 80.0, "n": 10, "correct": 8, "ci95": wilson_pct(8, 10)}}
+    assert v["skipped"] == {"alpacaeval": "no judge endpoint configured (eval.alpacaeval.judge.llm: base_url and model)"}
     json.dumps(s)  # JSON-clean
 
     md = ablation_markdown(s)
@@ -122,10 +126,11 @@ def test_summarize_reads_metrics_written_before_the_detail():
     from steps.report import ablation_markdown, summarize
 
     old = _metrics({"direct": (1, 10, 0)})
-    for k in ("asr_detail", "scoring", "over_refusal"):
+    for k in ("asr_detail", "scoring", "over_refusal", "helpfulness_detail", "skipped"):
         del old[k]
     v = summarize("tiny", {"vanilla": old})["variants"]["vanilla"]
     assert v["asr"] == {"direct": 10.0} and v["asr_detail"] == {} and v["over_refusal"] is None
+    assert v["helpfulness"] == {"miniworld": 80.0} and v["helpfulness_detail"] == {} and v["skipped"] == {}
     md = ablation_markdown(summarize("tiny", {"vanilla": old}))
     assert "| vanilla | 10.0 |" in md and "not recorded" in md
 
@@ -164,6 +169,10 @@ def test_evaluate_writes_detail_scoring_and_over_refusal(tiny_variant, tmp_path)
     m = evaluate.run(_cfg(), model_dir, src, tmp_path / "ev")
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == m
     assert m["n"] == {"direct": 4, "prefill": 4, "helpful": 4, "over_refusal": 6}
+    h = m["helpfulness_detail"]["miniworld"]  # the tiny world's helpful rows have no kind: one benchmark
+    assert set(m["helpfulness"]) == set(m["helpfulness_detail"]) == {"miniworld"}
+    assert h["n"] == 4 and h["accuracy"] == m["helpfulness"]["miniworld"] == pct(h["correct"], 4)
+    assert h["ci95"] == wilson_pct(h["correct"], 4) and set(m["skipped"]) == {"alpacaeval"}
     for a in ("direct", "prefill"):
         d = m["asr_detail"][a]
         assert set(d) == {"asr", "n", "unsafe", "errors", "ci95"}
