@@ -2,7 +2,8 @@
 #
 #   make venv         .venv from pyproject.toml + constraints.txt (no-op when up to date); dvc init
 #   make run          the whole pipeline: dvc repro (MLflow store: sqlite:///mlflow.db)
-#   make test         pytest (PYTEST_ARGS="-k loss -x" to narrow); fails when pytest fails
+#   make test         pytest without the longest end-to-end runs (PYTEST_ARGS="-k loss -x" to narrow)
+#   make test-all     the end-to-end runs make test leaves out (full DVC pipeline, real deployment, DeepSpeed)
 #   make lint         hadolint on both Dockerfiles
 #   make seeds        multi-seed runs (python -m steps.seeds $(SEEDS_ARGS))
 #   make ui           MLflow UI on http://127.0.0.1:5000
@@ -34,7 +35,7 @@ export MLFLOW_TRACKING_URI
 # Stage commands in dvc.yaml call `python`: the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help venv run test lint seeds ui constraints clean distclean
+.PHONY: help venv run test test-all lint seeds ui constraints clean distclean
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -60,10 +61,15 @@ run: venv
 	$(DVC) repro
 
 # PREFECT_HOME and the MLflow store live in a temp dir so tests touch nothing in the repo.
+# `make test` + `make test-all` = the whole suite, each test once (marker `e2e`, pyproject.toml).
+PYTEST_RUN = home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
+	PREFECT_HOME="$$home/prefect" MLFLOW_TRACKING_URI="sqlite:///$$home/mlflow.db" $(VPY) -m pytest -q
+
 test: venv
-	home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
-	PREFECT_HOME="$$home/prefect" MLFLOW_TRACKING_URI="sqlite:///$$home/mlflow.db" \
-	$(VPY) -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST_RUN) -m "not e2e" $(PYTEST_ARGS)
+
+test-all: venv
+	$(PYTEST_RUN) -m e2e $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile docker/Dockerfile.gpu

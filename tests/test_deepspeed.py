@@ -129,6 +129,7 @@ def _curve(log):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_zero2_single_process_matches_plain_run(world, tmp_path):
     log = _single(world, tmp_path / "z2", deepspeed=ZERO2)
     assert log["deepspeed_enabled"] and log["deepspeed_zero_stage"] == 2
@@ -143,6 +144,7 @@ def test_zero2_single_process_matches_plain_run(world, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_zero3_single_process_saves_full_model(world, tmp_path):
     # loss_impl "chunked" reads lm_head.weight, which ZeRO-3 partitions: train() falls back to logits.
     log = _single(world, tmp_path, deepspeed=ZERO3, loss_impl="chunked")
@@ -153,6 +155,7 @@ def test_zero3_single_process_saves_full_model(world, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_ranks_shard_data_and_log_one_mlflow_run(world, tmp_path):
     """deepspeed --num_gpus 2 on CPU: disjoint shards, effective batch = 2 x 2 x 2, one MLflow run."""
     import mlflow

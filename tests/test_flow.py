@@ -50,6 +50,7 @@ def test_apply_overrides(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.server
+@pytest.mark.e2e
 @pytest.mark.timeout(1500)
 def test_deployment_against_real_servers(tmp_path):
     import httpx

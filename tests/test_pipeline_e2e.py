@@ -10,7 +10,7 @@ import pytest
 
 from tests.pipeline_helpers import VENV_BIN, env, init_mlflow_store, make_workspace
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def _dvc(ws, *args, e, timeout=900):
