@@ -66,9 +66,22 @@ def stage_names(workdir: Path, params: dict[str, Any]) -> list[str]:
 
 
 def apply_overrides(workdir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys in params.yaml (like ``dvc exp run -S key=value``); atomic write."""
+    """Set dotted keys in params.yaml (like ``dvc exp run -S key=value``); atomic write.
+
+    The file is edited round-trip (ruamel.yaml, which DVC itself uses): the
+    user's comments, key order, anchors and merge keys (``<<: *full``) survive;
+    only the overridden values change. Returns the resulting params as plain data.
+    """
+    from io import StringIO
+
+    from ruamel.yaml import YAML
+
     path = workdir / "params.yaml"
-    params = yaml.safe_load(path.read_text()) or {}
+    rt = YAML(typ="rt")
+    rt.preserve_quotes = True
+    rt.width = 4096  # never re-wrap the user's lines
+    params = rt.load(path.read_text()) or {}
+    _keep_anchors(params)
     changed = False
     for dotted, value in overrides.items():
         if value is None:
@@ -78,11 +91,36 @@ def apply_overrides(workdir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
         for key in parents:
             node = node.setdefault(key, {})
         if node.get(leaf) != value:
-            node[leaf] = value
+            node[leaf] = _like(node.get(leaf), value)
             changed = True
     if changed:
-        write_text(path, yaml.safe_dump(params, sort_keys=False))
-    return params
+        buf = StringIO()
+        rt.dump(params, buf)
+        write_text(path, buf.getvalue())
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _keep_anchors(node: Any) -> None:
+    """Dump every anchor the user wrote, referenced or not (ruamel drops unreferenced ones)."""
+    anchor = getattr(node, "anchor", None)
+    if anchor is not None and anchor.value:
+        node.yaml_set_anchor(anchor.value, always_dump=True)
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    for child in children:
+        _keep_anchors(child)
+
+
+def _like(old: Any, value: Any) -> Any:
+    """A new list/mapping value in the flow style (``[a, b]``) of the value it replaces."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    if isinstance(value, list) or isinstance(value, dict):
+        new = CommentedSeq(value) if isinstance(value, list) else CommentedMap(value)
+        flow = getattr(getattr(old, "fa", None), "flow_style", lambda: None)()
+        if flow:
+            new.fa.set_flow_style()
+        return new
+    return value
 
 
 def check_tracking(uri: str | None) -> None:

@@ -29,6 +29,24 @@ def test_stage_names_expand_foreach():
     assert stage_names(REPO, empty) == ["source", "gate_source", "synthesize", "gate_variants", "tokenizer", "pretrain", "report", "register"]
 
 
+def test_apply_overrides_keeps_comments_anchors_and_merge_keys(tmp_path):
+    """A deployment parameter must not damage the user's params.yaml (issue: safe_dump dropped 36 comments
+    and flattened the &full/&lora merge keys)."""
+    src = (REPO / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(src)
+    params = apply_overrides(tmp_path, {"eval.judge": "keyword", "synthesize.variants": ["vanilla", "derta"]})
+    out = (tmp_path / "params.yaml").read_text()
+    comments = lambda text: [ln.split("#", 1)[1] for ln in text.splitlines() if "#" in ln]  # noqa: E731
+    assert comments(out) == comments(src)
+    for token in ("&full", "&lora", "<<: *full", "<<: *lora"):
+        assert out.count(token) == src.count(token), token
+    assert len(out.splitlines()) == len(src.splitlines())
+    before, after = yaml.safe_load(src), yaml.safe_load(out)
+    assert after == params and after["eval"]["judge"] == "keyword" and after["synthesize"]["variants"] == ["vanilla", "derta"]
+    after["eval"]["judge"], after["synthesize"]["variants"] = before["eval"]["judge"], before["synthesize"]["variants"]
+    assert after == before  # nothing else moved, merged profiles included
+
+
 def test_apply_overrides(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump({"profile": "tiny", "synthesize": {"variants": ["vanilla"], "seed": 0}, "eval": {"judge": "guideline"}},
