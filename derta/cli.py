@@ -46,6 +46,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "judge-devset": ("agreement of a judge with the Appendix C development set", "derta.judges.cli:add_devset_parser"),
     "judge-report": ("every judge vs the paper's hand scores and the hand labels", "derta.judges.report:add_report_parser"),
     "bench": ("micro-benchmarks; each prints one JSON line", "derta.bench:add_bench_parser"),
+    "check-profile": ("a profile's preflight: refusal token, EOS, template, batch (seconds, no weights)", "derta.preflight:add_parser"),
 }
 
 

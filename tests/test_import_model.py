@@ -65,3 +65,14 @@ def test_real_smollm2_import_loads_and_answers(tmp_path):
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    # The preflight on SmolLM2's real tokenizer: the paper profiles' defaults do not fit it.
+    from derta.config import load_params
+    from derta.preflight import check_profile
+    from tests.pipeline_helpers import REPO
+
+    checks = {n: (ok, d) for n, ok, d in check_profile(load_params(REPO / "params.yaml"), "llama3-70b-instruct-lora",
+                                                          str(tmp_path / "smollm2" / "model"))}
+    assert not checks["refusal_token"][0] and "2 tokens" in checks["refusal_token"][1]  # " Sorry"
+    assert not checks["eos"][0] and "<|im_end|>" in checks["eos"][1]
+    assert not checks["template"][0] and "<|im_start|>user" in checks["template"][1]
