@@ -67,7 +67,7 @@ def draw_sample(dev_dir: str | Path, per_labelled: int = 10, per_unlabelled: int
             idx = [i for i, e in enumerate(entries) if has_response(e)]
             rel = path.relative_to(dev_dir).as_posix()
             rng = random.Random(f"{seed}:{rel}")
-            for j, i in enumerate(sorted(rng.sample(idx, min(k, len(idx))))):
+            for i in sorted(rng.sample(idx, min(k, len(idx)))):
                 out.append({"file": rel, "index": i, "sha256": sha256_text(entry_text(entries[i]))})
     for j, rec in enumerate(out):
         rec["split"] = "holdout" if j % 3 == 2 else "tune"
