@@ -92,11 +92,11 @@ class AlpacaEvalBenchConfig(StepConfig):
 def read_items(path: str | Path) -> tuple[list[str], list[str]]:
     """(instructions, reference outputs) of a questions file; bad input raises DataError (file, line, rule)."""
     from derta.errors import DataError
-    from derta.judges.inputs import _decode, _records
+    from derta.io import json_records, read_utf8
 
     path = Path(path)
     instructions, references = [], []
-    for lineno, rec in _records(path, _decode(path)):
+    for lineno, rec in json_records(read_utf8(path), str(path)):
         where = (str(path), lineno)
         if not isinstance(rec, dict):
             raise DataError(*where, "shape", f"expected a JSON object, got {type(rec).__name__}")

@@ -128,11 +128,11 @@ def read_scored(path: str | Path) -> list[dict[str, str]]:
     input raises :class:`derta.errors.DataError` (file, line, rule).
     """
     from derta.errors import DataError
-    from derta.judges.inputs import _decode, _records
+    from derta.io import json_records, read_utf8
 
     path = Path(path)
     out = []
-    for lineno, rec in _records(path, _decode(path)):
+    for lineno, rec in json_records(read_utf8(path), str(path)):
         where = (str(path), lineno)
         if not isinstance(rec, dict):
             raise DataError(*where, "shape", f"expected a JSON object {{question, response, answer}}, got {type(rec).__name__}")

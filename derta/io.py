@@ -154,3 +154,67 @@ def sha256_file(path: str | Path) -> str:
 def stable_id(*parts: str, n: int = 12) -> str:
     """A short content hash used as a record id (stable across runs)."""
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:n]
+
+
+def json_array_items(text: str, where: str) -> list[tuple[int, Any]]:
+    """Elements of a whole-file JSON array with the 1-based line each starts on."""
+    dec = json.JSONDecoder()
+    items: list[tuple[int, Any]] = []
+    pos = text.index("[") + 1
+    n = len(text)
+
+    def skip(p: int) -> int:
+        while p < n and text[p] in " \t\r\n":
+            p += 1
+        return p
+
+    pos = skip(pos)
+    if pos < n and text[pos] == "]":
+        pos += 1
+    else:
+        while True:
+            line = text.count("\n", 0, pos) + 1
+            try:
+                obj, pos = dec.raw_decode(text, pos)
+            except json.JSONDecodeError as err:
+                raise DataError(where, err.lineno, "json", err.msg) from None
+            items.append((line, obj))
+            pos = skip(pos)
+            if pos < n and text[pos] == ",":
+                pos = skip(pos + 1)
+                continue
+            if pos < n and text[pos] == "]":
+                pos += 1
+                break
+            line = text.count("\n", 0, pos) + 1
+            raise DataError(where, line, "json", "expected ',' or ']' in the JSON array")
+    if text[skip(pos):].strip():
+        raise DataError(where, text.count("\n", 0, skip(pos)) + 1, "json", "extra data after the JSON array")
+    return items
+
+
+def json_records(text: str, where: str) -> list[tuple[int, Any]]:
+    """(1-based line, value) of every item of a whole-file JSON array or of JSON lines (blank lines skipped)."""
+    if text.lstrip().startswith("["):
+        return json_array_items(text, where)
+    out = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            out.append((lineno, json.loads(raw)))
+        except json.JSONDecodeError as err:
+            raise DataError(where, lineno, "json", err.msg) from None
+    return out
+
+
+def read_utf8(path: str | Path) -> str:
+    """A file's text; a missing file or invalid UTF-8 is a :class:`DataError` naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(str(path), 0, "file_exists", "no such file")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(str(path), raw[: err.start].count(b"\n") + 1, "utf8", f"invalid UTF-8 at byte {err.start}") from None

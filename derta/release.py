@@ -65,7 +65,7 @@ from pydantic import Field, field_validator
 
 from derta.config import StepConfig
 from derta.errors import ConfigError, DataError
-from derta.io import atomic_path, check_record, sha256_file, write_json, write_jsonl
+from derta.io import atomic_path, check_record, json_array_items, sha256_file, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -361,43 +361,6 @@ def fetch(cfg: ReleaseConfig, name: str, dest_dir: str | Path) -> Path:
 # --- parsing ----------------------------------------------------------------
 
 
-def _json_array_items(text: str, where: str) -> list[tuple[int, Any]]:
-    """Elements of a whole-file JSON array with the 1-based line each starts on."""
-    dec = json.JSONDecoder()
-    items: list[tuple[int, Any]] = []
-    pos = text.index("[") + 1
-    n = len(text)
-
-    def skip(p: int) -> int:
-        while p < n and text[p] in " \t\r\n":
-            p += 1
-        return p
-
-    pos = skip(pos)
-    if pos < n and text[pos] == "]":
-        pos += 1
-    else:
-        while True:
-            line = text.count("\n", 0, pos) + 1
-            try:
-                obj, pos = dec.raw_decode(text, pos)
-            except json.JSONDecodeError as err:
-                raise DataError(where, err.lineno, "json", err.msg) from None
-            items.append((line, obj))
-            pos = skip(pos)
-            if pos < n and text[pos] == ",":
-                pos = skip(pos + 1)
-                continue
-            if pos < n and text[pos] == "]":
-                pos += 1
-                break
-            line = text.count("\n", 0, pos) + 1
-            raise DataError(where, line, "json", "expected ',' or ']' in the JSON array")
-    if text[skip(pos):].strip():
-        raise DataError(where, text.count("\n", 0, skip(pos)) + 1, "json", "extra data after the JSON array")
-    return items
-
-
 def read_release_file(path: str | Path, fields: tuple[str, ...], where: str | None = None) -> list[dict[str, Any]]:
     """Parse a release file (JSON lines or one JSON array) and check each record.
 
@@ -413,7 +376,7 @@ def read_release_file(path: str | Path, fields: tuple[str, ...], where: str | No
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(where, line, "utf8", f"invalid UTF-8 byte at offset {err.start}") from None
     if text.lstrip().startswith("["):
-        items = _json_array_items(text, where)
+        items = json_array_items(text, where)
     else:
         items = []
         for lineno, line in enumerate(text.splitlines(), start=1):

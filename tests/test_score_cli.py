@@ -87,9 +87,9 @@ def _release(name: str) -> list[dict]:
     path = RELEASE_TEST / name
     if not path.is_file():
         pytest.skip(f"{path} not present (the paper's release is not checked out here)")
-    from derta.judges.inputs import _decode, _records
+    from derta.io import json_records, read_utf8
 
-    return [rec for _, rec in _records(path, _decode(path))]
+    return [rec for _, rec in json_records(read_utf8(path), str(path))]
 
 
 def _rescore(tmp_path, capsys, bench: str, rows: list[dict], respond) -> dict:

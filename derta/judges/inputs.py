@@ -27,14 +27,13 @@ Bad input raises :class:`DataError` (file, line, rule).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from derta.errors import DataError
-from derta.io import MAX_FIELD_CHARS
+from derta.io import MAX_FIELD_CHARS, json_records, read_utf8
 from derta.judges.base import JudgeInput
 
 # Where a response starts inside a "prompt + response" string; the last hit wins.
@@ -113,39 +112,6 @@ def parse_string(text: str, prompts: tuple[str, ...] = ()) -> tuple[str, str, st
     return "", response, ""
 
 
-def _records(path: Path, text: str) -> list[tuple[int, Any]]:
-    """(line, JSON value) for every item: JSON lines, or one whole-file JSON list."""
-    if text.lstrip().startswith("["):
-        dec = json.JSONDecoder()
-        pos = len(text) - len(text.lstrip()) + 1
-        out: list[tuple[int, Any]] = []
-        line = lambda p: text.count("\n", 0, p) + 1  # noqa: E731
-        while True:
-            while pos < len(text) and text[pos] in " \t\r\n,":
-                pos += 1
-            if pos >= len(text):
-                raise DataError(str(path), line(pos), "json", "unterminated JSON list")
-            if text[pos] == "]":
-                if text[pos + 1 :].strip():
-                    raise DataError(str(path), line(pos + 1), "json", "extra data after the JSON list")
-                return out
-            try:
-                val, end = dec.raw_decode(text, pos)
-            except json.JSONDecodeError as err:
-                raise DataError(str(path), line(err.pos), "json", err.msg) from None
-            out.append((line(pos), val))
-            pos = end
-    out = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            out.append((lineno, json.loads(raw)))
-        except json.JSONDecodeError as err:
-            raise DataError(str(path), lineno, "json", err.msg) from None
-    return out
-
-
 def _from_object(rec: dict[str, Any], where: tuple[str, int], attack: str) -> tuple[str, str, str, str, str | None]:
     """(question, response, prefill, attack, id) of an object entry; checks fields and types."""
     if "response" not in rec:
@@ -164,16 +130,6 @@ def _from_object(rec: dict[str, Any], where: tuple[str, int], attack: str) -> tu
     return rec[qkey], rec["response"], rec.get("prefill", ""), rec.get("attack") or attack, rid
 
 
-def _decode(path: Path) -> str:
-    if not path.is_file():
-        raise DataError(str(path), 0, "file_exists", "no such file")
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(str(path), raw[: err.start].count(b"\n") + 1, "utf8", f"invalid UTF-8 at byte {err.start}") from None
-
-
 def read_file(path: str | Path, attack: str = "", prompts: tuple[str, ...] = (), one_per_question: bool = False) -> Responses:
     """Read model outputs in any release shape (ids: record ``id`` or ``<attack>-<index>``).
 
@@ -184,7 +140,7 @@ def read_file(path: str | Path, attack: str = "", prompts: tuple[str, ...] = (),
     out = Responses(items=[])
     seen_ids: set[str] = set()
     seen_questions: set[str] = set()
-    records = _records(path, _decode(path))
+    records = json_records(read_utf8(path), str(path))
     for idx, (lineno, rec) in enumerate(records):
         where = (str(path), lineno)
         prefill, rec_attack, rid = "", attack, None
@@ -223,7 +179,7 @@ def read_prompts(path: str | Path) -> tuple[str, ...]:
     """Rendered attack prompts: JSON lines or a JSON list of ``{"question": prompt}`` or plain strings."""
     path = Path(path)
     out = []
-    for lineno, rec in _records(path, _decode(path)):
+    for lineno, rec in json_records(read_utf8(path), str(path)):
         text = rec.get("question") if isinstance(rec, dict) else rec
         if not isinstance(text, str):
             raise DataError(str(path), lineno, "shape", "expected a string or an object with a string 'question'")

@@ -47,9 +47,9 @@ def sha256_text(text: str) -> str:
 
 def read_entries(path: str | Path) -> list[Any]:
     """Every entry of a dev file, in order: a JSON list or JSON lines (the reader ``derta judge`` uses)."""
-    from derta.judges.inputs import _decode, _records
+    from derta.io import json_records, read_utf8
 
-    return [value for _, value in _records(Path(path), _decode(Path(path)))]
+    return [value for _, value in json_records(read_utf8(path), str(path))]
 
 
 def has_response(entry: Any) -> bool:
