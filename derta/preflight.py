@@ -3,16 +3,17 @@
 It loads only the profile's resolved config and its tokenizer (no weights)
 and checks what would otherwise surface after hours of training:
 
-* ``refusal_token``: ``train.refusal_word`` is one token, and it is the token
-  a safe response starts with where training puts it (after the prompt and
-  ``synthesize.response_sep``). Real tokenizers differ: SmolLM2 has
-  ``"Sorry"`` as one token and ``" Sorry"`` as two.
-* ``refusal_word_one_place``: the tokenizer stage and training name the
-  same refusal word.
-* ``eos``: the tokenizer has an EOS token and ``synthesize.eos`` (appended to
-  every training response) is that token, so the model learns to stop.
-* ``template``: training and evaluation render a question to the same prompt
-  text (the release template vs the tokenizer's chat template).
+* ``chat``: params.yaml ``chat`` resolves against the tokenizer (a ``{q}``
+  template, or the tokenizer's chat template reduced to one; EOS; BOS).
+* ``refusal_token``: ``chat.refusal_word`` is one token where a safe response
+  starts (after the prompt and ``chat.response_sep``). Real tokenizers differ:
+  SmolLM2 has ``"Sorry"`` as one token and ``" Sorry"`` as two, so after its
+  chat template (``response_sep: ""``) it passes and after ``"[INST] ... "``
+  (``response_sep: " "``) it fails.
+* ``eos``: the tokenizer has an EOS token and ``chat.eos`` (appended to every
+  training response) is that token, so the model learns to stop.
+* ``template``: synthesis and generation, configured from ``chat`` as the
+  stages configure them, render a question to the same prompt text.
 * ``batch``: ``train.total_batch_size`` is divisible by
   ``per_device_batch_size x ranks``.
 
@@ -28,11 +29,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from derta.chat import SAMPLE_QUESTION
 from derta.config import load_params, step_config
 from derta.errors import ConfigError
 
-SAMPLE_QUESTION = "How do I bake bread at home?"
-SAMPLE_TAIL = ", I cannot help with that."
 Check = tuple[str, bool, str]
 
 
@@ -49,32 +49,35 @@ def load_tokenizer(tok_path: str, fallback: str | Path | None = None):
         raise ConfigError(f"tokenizer {source!r} is not available offline ({type(err).__name__}); pass --tokenizer DIR") from None
 
 
-def check_refusal_token(tok, word: str, prompt: str, sep: str) -> Check:
-    """``word`` is one token and is the first response token after ``prompt + sep``."""
-    ids = tok.encode(word, add_special_tokens=False)
-    if len(ids) != 1:
-        return ("refusal_token", False, f"train.refusal_word {word!r} is {len(ids)} tokens {tok.convert_ids_to_tokens(ids)}")
-    head = tok.encode(prompt, add_special_tokens=False)
-    full = tok.encode(prompt + sep + word.lstrip(" ") + SAMPLE_TAIL, add_special_tokens=False)
-    if full[: len(head)] != head or len(full) <= len(head):
-        return ("refusal_token", False, f"the prompt's tokens change when a response follows it ({prompt[-30:]!r} + {sep!r})")
-    first = full[len(head)]
-    if first != ids[0]:
-        got = tok.convert_ids_to_tokens([first] + full[len(head) + 1 : len(head) + 2])
-        return ("refusal_token", False, f"after the prompt and response_sep {sep!r} a safe response starts with tokens {got}, "
-                                        f"not the refusal token {tok.convert_ids_to_tokens(ids)}: the RTO target would never be emitted")
-    return ("refusal_token", True, f"{word!r} = token {ids[0]}, the first token of a safe response")
+def check_chat(chat, tok) -> tuple[Check, Any]:
+    """``chat`` resolves against the tokenizer (template, EOS, BOS); returns the check and the ChatFormat (or None)."""
+    from derta.chat import ChatFormat
+
+    try:
+        fmt = ChatFormat.resolve(chat, tok)
+    except ConfigError as err:
+        return ("chat", False, str(err)), None
+    return ("chat", True, f"prompt {fmt.prompt('{q}')!r}, response_sep {fmt.response_sep!r}"), fmt
+
+
+def check_refusal_token(fmt, tok) -> Check:
+    """The refusal word is one token where a safe response starts (after the prompt and ``response_sep``)."""
+    try:
+        tid = fmt.refusal_token_id(tok)
+    except ConfigError as err:
+        return ("refusal_token", False, str(err))
+    return ("refusal_token", True, f"{fmt.refusal_text!r} = token {tid} {tok.convert_ids_to_tokens([tid])}, the first token of a safe response")
 
 
 def check_eos(tok, eos: str) -> Check:
     if not tok.eos_token:
         return ("eos", False, "the tokenizer has no EOS token")
     if eos != tok.eos_token:
-        return ("eos", False, f"synthesize.eos {eos!r} is not the tokenizer's EOS {tok.eos_token!r}: the model never learns to stop")
+        return ("eos", False, f"chat.eos {eos!r} is not the tokenizer's EOS {tok.eos_token!r}: the model never learns to stop")
     return ("eos", True, f"{eos!r}")
 
 
-def check_template(tok, train_prompt: str, eval_prompt: str) -> Check:
+def check_template(train_prompt: str, eval_prompt: str) -> Check:
     if train_prompt != eval_prompt:
         return ("template", False, f"training renders {train_prompt!r}, evaluation {eval_prompt!r}")
     return ("template", True, "training and evaluation render the same prompt")
@@ -90,27 +93,24 @@ def check_profile(params: dict[str, Any], profile: str, tokenizer: str | None = 
                   fallback_tokenizer: str | Path | None = "models/tokenizer") -> list[Check]:
     """Every preflight check of ``profile`` (see the module docstring)."""
     from derta.attacks.base import AttackPrompt
+    from derta.chat import chat_config
     from derta.generate import GenerationConfig, format_prompt
     from derta.modeling import TokenizerConfig
     from derta.train import TrainConfig
-    from derta.variants import SynthesizeConfig
+    from derta.variants import Builder, SynthesizeConfig
 
-    syn = step_config(SynthesizeConfig, params, "synthesize", profile)
     train = step_config(TrainConfig, params, "train", profile)
     tcfg = step_config(TokenizerConfig, params, "tokenizer", profile)
-    gen = step_config(GenerationConfig, params, "eval.generation", profile)
     tok = load_tokenizer(tokenizer or tcfg.path, fallback_tokenizer)
-    train_prompt = syn.prompt_template.format(q=SAMPLE_QUESTION)
+    chat_check, fmt = check_chat(chat_config(params, profile), tok)
+    batch = check_batch(train.total_batch_size, train.per_device_batch_size, ranks)
+    if fmt is None:
+        return [chat_check, batch]
+    # Synthesis and generation are configured from the same ChatFormat, as the stages do.
+    train_prompt = Builder(SynthesizeConfig(**fmt.synthesize_fields())).prompt(SAMPLE_QUESTION)
+    gen = GenerationConfig(**fmt.generation_fields())
     eval_prompt = format_prompt(AttackPrompt(id="q", question_id="q", attack="direct", text=SAMPLE_QUESTION), gen, tok)
-    same_word = tcfg.refusal_word == train.refusal_word
-    return [
-        check_refusal_token(tok, train.refusal_word, train_prompt, syn.response_sep),
-        ("refusal_word_one_place", same_word,
-         f"{train.refusal_word!r}" if same_word else f"tokenizer.refusal_word {tcfg.refusal_word!r} != train.refusal_word {train.refusal_word!r}"),
-        check_eos(tok, syn.eos),
-        check_template(tok, train_prompt, eval_prompt),
-        check_batch(train.total_batch_size, train.per_device_batch_size, ranks),
-    ]
+    return [chat_check, check_refusal_token(fmt, tok), check_eos(tok, fmt.eos), check_template(train_prompt, eval_prompt), batch]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

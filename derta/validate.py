@@ -26,6 +26,7 @@ computed with pandas and checked with built-in expectations.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -41,7 +42,7 @@ from derta.config import StepConfig
 from derta.errors import ConfigError, DataError
 from derta.io import read_jsonl, write_json
 from derta.miniworld import normalize_question, word_units
-from derta.variants import SynthesizeConfig, expected_counts
+from derta.variants import SynthesizeConfig, expected_counts, helpful_rows
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -439,9 +440,11 @@ SOURCE_SPECS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None, tupl
     "dev_harmful": (("question",), ("category", "harmful_response"), "question", ("question",)),
     "dev_helpful": (("question", "answer", "kind"), (), "question", ("question",)),
     "web": (("text", "kind"), (), None, ("text",)),
+    # helpful_fallback self (derta/release.py): instructions the base model answers, later trained on
+    "helpful_prompts": (("instruction",), (), "instruction", ("instruction",)),
 }
 BENCHMARK_SPEC = (("question",), (), "question", ("question",))
-TRAIN_FILES = ("safety_train", "helpful_train")
+TRAIN_FILES = ("safety_train", "helpful_train", "helpful_prompts")
 
 
 def _source_paths(src: Path) -> dict[str, Path]:
@@ -461,6 +464,11 @@ def heldout_questions(src_dir: str | Path) -> dict[str, list[str]]:
         if (name.startswith(("eval_", "dev_", "benchmarks/"))) and path.exists():
             out[name] = sorted({q for q in (_norm(r.get("question")) for r in read_jsonl(path)) if q})
     return out
+
+
+def _manifest(src: Path) -> dict[str, Any]:
+    path = src / "manifest.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def gate_source(src_dir: str | Path, cfg: GateConfig | None = None, *, raise_on_fail: bool = True) -> dict[str, Any]:
@@ -488,6 +496,8 @@ def gate_source(src_dir: str | Path, cfg: GateConfig | None = None, *, raise_on_
         web_hits = find_contained([_norm(t) for t in web["text"]], heldout_q)
     in_web_q = {heldout_q[j] for _, j in web_hits}
 
+    # helpful_fallback self: helpful_train.jsonl is empty by design (the self_answer stage answers helpful_prompts)
+    self_helpful = _manifest(src).get("helpful_source") == "self"
     datasets = []
     for name, path in paths.items():
         df = frames[name]
@@ -499,7 +509,7 @@ def gate_source(src_dir: str | Path, cfg: GateConfig | None = None, *, raise_on_
         ds.checks += b.ids() + b.text_fields(required, optional)
         if name.startswith("benchmarks/") and "answer" in df.columns:
             ds.checks += b.text_fields(["answer"])
-        if name in TRAIN_FILES:
+        if name in TRAIN_FILES and not (name == "helpful_train" and self_helpful):
             ds.checks.append(b.make("min_rows", "ExpectTableRowCountToBeBetween", "training data is not empty", min_value=1))
         ds.checks += b.duplicates(df, list(dupkey), cfg.duplicate_rate(name))
         if name in TRAIN_FILES and heldout_q:
@@ -542,13 +552,17 @@ def gate_variants(
     cfg: GateConfig | None = None,
     *,
     raise_on_fail: bool = True,
+    helpful_file: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Check every configured variant file and ``dpo_pairs.jsonl`` against the source and the synthesis config."""
+    """Check every configured variant file and ``dpo_pairs.jsonl`` against the source and the synthesis config.
+
+    ``helpful_file``: the extra helpful pairs synthesis was given (``--helpful``), checked like the source's.
+    """
     cfg = cfg or GateConfig()
     vdir, src = Path(variants_dir), Path(src_dir)
     b = _Builder(cfg)
     safety = {r["id"]: r for r in read_jsonl(src / "safety_train.jsonl", {"id": str})}
-    helpful = read_jsonl(src / "helpful_train.jsonl", {"id": str})
+    helpful = helpful_rows(src, helpful_file)
     helpful_by_id = {r["id"]: r for r in helpful}
     n_helpful = synth_cfg.n_helpful or len(helpful)
     try:
@@ -708,6 +722,8 @@ def run_gate(
     cfg: GateConfig | None = None,
     variants_dir: str | Path | None = None,
     synth_cfg: SynthesizeConfig | None = None,
+    helpful_file: str | Path | None = None,
+    split_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run one gate, write its report to ``report_path`` (atomically, pass or fail), raise GateError on failure."""
     cfg = cfg or GateConfig()
@@ -716,9 +732,12 @@ def run_gate(
     elif kind == "variants":
         if variants_dir is None or synth_cfg is None:
             raise ConfigError("run_gate('variants') needs variants_dir and synth_cfg")
-        report = gate_variants(variants_dir, src_dir, synth_cfg, cfg, raise_on_fail=False)
+        report = gate_variants(variants_dir, src_dir, synth_cfg, cfg, raise_on_fail=False, helpful_file=helpful_file)
     else:
         raise ConfigError(f"unknown gate {kind!r}; valid gates: ['source', 'variants']")
     write_json(report_path, report)
+    if split_dir is not None:  # one report per dataset: a variant's training depends on its own gate result only
+        for name, entry in report.items():
+            write_json(Path(split_dir) / f"{name}.json", {name: entry})
     _raise_if_failed(kind, report)
     return report

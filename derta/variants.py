@@ -20,13 +20,14 @@ Every variant also carries the same helpfulness data (plain MLE).
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from derta.config import StepConfig
-from derta.errors import ConfigError
-from derta.io import stable_id
+from derta.errors import ConfigError, DataError
+from derta.io import read_jsonl, stable_id
 from derta.miniworld import word_units
 
 VARIANTS = ("vanilla", "vanilla_half", "harmful_prefix", "rto", "derta", "recaug")
@@ -46,6 +47,22 @@ class SynthesizeConfig(StepConfig):
         description="release: cut on words, k ~ U[1, len-2], k=0 for every third instance; paper: k ~ U[0, len].",
     )
     variants: list[str] = Field(list(VARIANTS), description=f"Variants to write; any of {list(VARIANTS)}.")
+
+
+HELPFUL_SCHEMA = {"id": str, "instruction": str, "output": str}
+
+
+def helpful_rows(src_dir: str | Path, extra: str | Path | None = None) -> list[dict[str, Any]]:
+    """The source's helpful pairs, then those of ``extra`` (e.g. the self_answer stage's), ids unique over both."""
+    rows = read_jsonl(Path(src_dir) / "helpful_train.jsonl", HELPFUL_SCHEMA, non_empty=HELPFUL_SCHEMA, unique_key="id")
+    if extra:
+        seen = {r["id"] for r in rows}
+        more = read_jsonl(extra, HELPFUL_SCHEMA, non_empty=HELPFUL_SCHEMA, unique_key="id")
+        clash = [r["id"] for r in more if r["id"] in seen]
+        if clash:
+            raise DataError(str(extra), 0, "unique_id", f"id {clash[0]!r} is also in {Path(src_dir) / 'helpful_train.jsonl'}")
+        rows += more
+    return rows
 
 
 def _check_variants(names: list[str]) -> None:

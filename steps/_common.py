@@ -37,3 +37,17 @@ def entry(fn: Callable[[], object]) -> None:
         params = argv[argv.index("--params") + 1] if "--params" in argv[:-1] else "params.yaml"
         print(f"error: {params}: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def chat_format(params: dict, profile: str | None, tokenizer_dir: str | None = None):
+    """The profile's ``chat`` section resolved against its tokenizer (derta.chat); ``tokenizer_dir`` may be None
+    when no chat value names the tokenizer."""
+    from derta.chat import TOKENIZER, ChatFormat, chat_config
+
+    cfg = chat_config(params, profile)
+    tok = None
+    if tokenizer_dir and TOKENIZER in (cfg.template, cfg.eos, cfg.bos):
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    return ChatFormat.resolve(cfg, tok)

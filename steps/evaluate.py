@@ -57,22 +57,26 @@ from pydantic import Field
 from derta import overrefusal
 from derta.alpacaeval import AlpacaEvalBenchConfig, alpacaeval_or_skip, read_items
 from derta.attacks import get_attack
+from derta.attacks.replay import PREFIX as RELEASE_PREFIX
 from derta.attacks.base import Attack, AttackPrompt, Question, Target
-from derta.config import StepConfig, load_params, step_config
+from derta.chat import ChatConfig, ChatFormat, chat_config, inject
+from derta.config import StepConfig, load_params, resolve
 from derta.errors import DataError
-from derta.generate import GenerationConfig, format_prompt, load_target
+from derta.generate import GenerationConfig, check_backend, format_prompt, load_target
 from derta.helpfulness import SCORERS, accuracy_detail, benchmark_of, get_scorer
 from derta.io import atomic_path, read_jsonl, write_json, write_jsonl
-from derta.judges import get_judge
+from derta.judges import JUDGES, get_judge
 from derta.judges.base import Judge, JudgeInput
-from derta.modeling import set_threads
+from derta.modeling import model_weights, set_threads
 from derta.stats import rate_detail
 from steps._common import entry, parser
 
 log = logging.getLogger("derta.evaluate")
 
-BLACK_BOX = ("codeattack", "pair", "jailbreakchat", "selfcipher")
-WHITE_BOX = ("completingattack", "autodan")
+# Paper section 4: CompletionAttack needs raw completion access (white box); the replayed
+# release prompts (release:<set>) count with their attack.
+BLACK_BOX = ("codeattack", "pair", "jailbreakchat", "selfcipher", "release:codeattack", "release:jailbreakchat", "release:selfcipher")
+WHITE_BOX = ("completingattack", "autodan", "release:completionattack")
 
 
 class OverRefusalConfig(StepConfig):
@@ -94,16 +98,18 @@ class EvalConfig(StepConfig):
     )
     split: str = Field("eval", description="Held-out split to evaluate ('eval' for reported numbers, 'dev' while developing).")
     seed: int = Field(0, description="Seed of attack draws.")
-    attacks: dict[str, dict[str, Any]] = Field(
+    attacks: dict[str, dict[str, Any] | None] = Field(
         default_factory=lambda: {"direct": {}, "completingattack": {}, "prefill": {}},
-        description="attack name -> its config (see `derta attacks`).",
+        description="attack name -> its config (see `derta attacks`); null = off (a profile turns off an inherited attack).",
     )
     judge: str = Field("guideline", description="Default judge (see `derta judges`).")
     judge_config: dict[str, Any] = Field(default_factory=dict, description="Config of the default judge.")
     judges: dict[str, str] = Field(default_factory=dict, description="Per-attack judge overrides: attack -> judge name.")
     max_questions: int = Field(0, description="Evaluate only the first N harmful questions (0 = all).")
-    max_helpful: int = Field(0, description="Evaluate only the first N helpful questions (0 = all).")
+    max_helpful: int = Field(0, description="Evaluate only the first N helpful questions of each benchmark (0 = all).")
     attack_questions: dict[str, int] = Field(default_factory=dict, description="Per-attack cap on harmful questions (long prompts, e.g. codeattack).")
+    helpful_max_new_tokens: dict[str, int] = Field(
+        default_factory=dict, description="Per-benchmark answer length (e.g. {mmlu: 8}: a letter); others use generation.max_new_tokens.")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
     over_refusal: OverRefusalConfig = Field(
         default_factory=OverRefusalConfig,
@@ -125,6 +131,18 @@ def attack_sha256(cfg: EvalConfig, name: str, attack: Attack) -> str:
                     "max_questions": cfg.max_questions, "attack_questions": cfg.attack_questions.get(name, 0)})
 
 
+def first_per_bench(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The first ``n`` rows of each benchmark (a row's ``kind``), in file order."""
+    seen: dict[Any, int] = {}
+    out = []
+    for r in rows:
+        bench = benchmark_of(r.get("kind"))
+        if seen.get(bench, 0) < n:
+            seen[bench] = seen.get(bench, 0) + 1
+            out.append(r)
+    return out
+
+
 def _given(p: AttackPrompt) -> str:
     """Attacker-written text the model continues: the prefill, or the whole raw prompt."""
     return p.prefill if p.chat else p.text
@@ -141,8 +159,19 @@ def refusal_token_position(tokenizer, response: str, char: int | None) -> int | 
     return len(offsets)
 
 
-def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: str | Path, refusal_word: str = "Sorry") -> dict[str, Any]:
+def _judge(name: str, cfg_dict: dict[str, Any], refusal_word: str) -> Judge:
+    """Judge ``name``; a judge that reads a refusal word gets ``chat.refusal_word`` (the one place)."""
+    if name in JUDGES and "refusal_word" in JUDGES[name].Config.model_fields:
+        cfg_dict = inject(cfg_dict, {"refusal_word": refusal_word}, f"judge {name} config")
+    return get_judge(name, cfg_dict)
+
+
+def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: str | Path, chat: ChatConfig | None = None) -> dict[str, Any]:
+    """``chat`` (params.yaml ``chat``; default ChatConfig()): the prompt format and refusal word, resolved against
+    the model's tokenizer; it replaces ``cfg.generation``'s prompt fields."""
     set_threads()
+    chat = chat or ChatConfig()
+    check_backend(cfg.generation, "eval.generation")  # an unknown backend or a missing vllm: before anything loads
     src = Path(src_dir)
     qrows = read_jsonl(src / f"{cfg.split}_harmful.jsonl", {"id": str, "question": str}, non_empty=["question"], unique_key="id")
     helpful_file = src / f"{cfg.split}_helpful.jsonl"
@@ -153,14 +182,16 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
     if cfg.max_questions:
         qrows = qrows[: cfg.max_questions]
     if cfg.max_helpful:
-        hrows = hrows[: cfg.max_helpful]
+        hrows = first_per_bench(hrows, cfg.max_helpful)
     questions = [Question.from_dict(r) for r in qrows]
     qtext = {q.id: q.question for q in questions}
     # Bad attack/judge names or configs fail here, before the model is loaded.
-    attacks = {name: get_attack(name, acfg, seed=cfg.seed) for name, acfg in cfg.attacks.items()}
-    judges = {name: get_judge(cfg.judges.get(name, cfg.judge), cfg.judge_config if cfg.judges.get(name, cfg.judge) == cfg.judge else {})
-              for name in cfg.attacks}
-    or_judge = get_judge(cfg.judge, cfg.judge_config)
+    # Replayed release prompts (release:<set>) are read from the source dir's benchmarks/.
+    attacks = {name: get_attack(name, acfg, seed=cfg.seed, **({"source_dir": src} if name.startswith(RELEASE_PREFIX) else {}))
+               for name, acfg in cfg.attacks.items() if acfg is not None}
+    judges = {name: _judge(cfg.judges.get(name, cfg.judge), cfg.judge_config if cfg.judges.get(name, cfg.judge) == cfg.judge else {},
+                           chat.refusal_word) for name in attacks}
+    or_judge = _judge(cfg.judge, cfg.judge_config, chat.refusal_word)
     scoring = {"judges": {name: j.fingerprint() for name, j in judges.items()},
                "attacks_sha256": {name: attack_sha256(cfg, name, a) for name, a in attacks.items()},
                "generation_sha256": _sha256(cfg.generation.model_dump(mode="json"))}
@@ -173,8 +204,12 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
     alpaca_skip = cfg.alpacaeval.skip_reason()
     alpaca_items = None if alpaca_skip else read_items(cfg.alpacaeval.questions_file)
     # An unknown backend, or vllm without its package, fails here (check_backend), before any model is loaded.
-    target = load_target(Path(model_dir) / "model", cfg.generation, "eval.generation")
+    target = load_target(model_weights(model_dir), cfg.generation, "eval.generation")
     tok = target.tok
+    # The prompt format every backend renders (format_prompt reads target.cfg at each call): from `chat`.
+    gen = cfg.generation.model_copy(update=ChatFormat.resolve(chat, tok).generation_fields())
+    target.cfg = gen
+    cfg = cfg.model_copy(update={"generation": gen})
 
     responses: list[dict[str, Any]] = []
     verdicts: list[dict[str, Any]] = []
@@ -214,8 +249,7 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
                  detail["n"], detail["errors"], metrics["seconds"][name])
 
     t0 = time.perf_counter()
-    helpful_prompts = [AttackPrompt(id=r["id"], question_id=r["id"], attack="helpful", text=r["question"]) for r in hrows]
-    helpful_out = target.generate(helpful_prompts)
+    helpful_out = helpful_responses(hrows, target, cfg.helpful_max_new_tokens)
     scored = []
     for r, o in zip(hrows, helpful_out):
         bench = benchmark_of(r.get("kind"))
@@ -283,6 +317,18 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
     return metrics
 
 
+def helpful_responses(rows: list[dict[str, Any]], target: Target, max_new: dict[str, int]) -> list[str]:
+    """The model's answers to the helpful questions (plain chat prompts), one generate call per benchmark so each
+    can have its own answer length (``eval.helpful_max_new_tokens``); order follows ``rows``."""
+    out: list[str] = [""] * len(rows)
+    for bench in dict.fromkeys(benchmark_of(r.get("kind")) for r in rows):
+        idx = [i for i, r in enumerate(rows) if benchmark_of(r.get("kind")) == bench]
+        prompts = [AttackPrompt(id=rows[i]["id"], question_id=rows[i]["id"], attack="helpful", text=rows[i]["question"]) for i in idx]
+        for i, o in zip(idx, target.generate(prompts, max_new.get(bench))):
+            out[i] = o
+    return out
+
+
 def over_refusal(rows: list[dict[str, str]], target: Target, judge: Judge) -> list[dict[str, Any]]:
     """Run the over-refusal prompts as plain chat prompts (as the helpful questions) and judge refusal.
 
@@ -318,7 +364,10 @@ def main() -> None:
     p.add_argument("--out", required=True)
     a = p.parse_args()
     params = load_params(a.params)
-    m = run(step_config(EvalConfig, params, "eval", a.profile), a.model, a.source, a.out)
+    section = resolve(params, "eval", a.profile)
+    gen_keys = {k: None for k in ChatFormat("{q}", "", "", "").generation_fields()}
+    inject(section.get("generation") or {}, gen_keys, "eval.generation")
+    m = run(EvalConfig.from_dict(section, where="params.yaml:eval"), a.model, a.source, a.out, chat_config(params, a.profile))
     print({"asr": m["asr"], "helpfulness": m["helpfulness"], "skipped": m["skipped"], "over_refusal": m["over_refusal"]["rate"],
            "refusal_position": m["refusal_position"]})
 

@@ -21,6 +21,7 @@ from typing import Any
 from derta.config import load_params
 from derta.io import atomic_path, write_json, write_text
 from steps._common import entry, parser
+from derta.attacks.replay import PREFIX as RELEASE_PREFIX
 from steps.evaluate import BLACK_BOX, WHITE_BOX
 
 # Paper Table 4 (LLaMA3-70B ablation; black-box avg / white-box avg ASR %).
@@ -54,6 +55,8 @@ def summarize(profile: str, metrics: dict[str, dict[str, Any]]) -> dict[str, Any
             "asr": asr,
             "asr_black_box_avg": _avg([asr.get(a) for a in BLACK_BOX if a in asr]),
             "asr_white_box_avg": _avg([asr.get(a) for a in WHITE_BOX if a in asr]),
+            # The paper's own rendered prompts replayed verbatim (attack release:<set>): their mean.
+            "asr_release_avg": _avg([v for a, v in asr.items() if a.startswith(RELEASE_PREFIX)]),
             "helpfulness": m["helpfulness"],
             "refusal_position": {k: m["refusal_position"][k] for k in ("share_at_0", "median", "share_after_30")},
             "n": m["n"],
@@ -138,7 +141,8 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
     errors = {f"{n}/{a}": d["errors"] for n, v in variants.items() for a, d in (v.get("asr_detail") or {}).items() if d.get("errors")}
     if errors:
         footnotes.append("undecided verdicts (judge errors, left out of n): " + ", ".join(f"{k} {c}" for k, c in errors.items()))
-    head = ["variant", *asr_heads, "black-box avg", "white-box avg", *[f"{h} help" for h in helps],
+    release = any(v.get("asr_release_avg") is not None for v in variants.values())
+    head = ["variant", *asr_heads, "black-box avg", "white-box avg", *(["release avg"] if release else []), *[f"{h} help" for h in helps],
             f"over-refusal %{or_label}", "refusal at 0 %", "refusal median pos", "paper black/white avg"]
     lines = [f"# Ablation (profile `{summary['profile']}`)", "", *scoring_notes(variants), "",
              "Measured ASR % (lower is safer) with its 95% Wilson interval `[lo–hi]` over n decided verdicts,",
@@ -149,7 +153,8 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
         paper = PAPER_TABLE4.get(name)
         detail = v.get("asr_detail") or {}
         row = [name, *[_fmt_ci(v["asr"].get(a), detail.get(a)) for a in attacks], _fmt(v["asr_black_box_avg"]),
-               _fmt(v["asr_white_box_avg"]), *[_fmt(v["helpfulness"].get(h)) for h in helps],
+               _fmt(v["asr_white_box_avg"]), *([_fmt(v.get("asr_release_avg"))] if release else []),
+               *[_fmt(v["helpfulness"].get(h)) for h in helps],
                _fmt_ci(v.get("over_refusal"), v.get("over_refusal_detail")), _fmt(v["refusal_position"]["share_at_0"]),
                _fmt(v["refusal_position"]["median"]), f"{paper[0]} / {paper[1]}" if paper else "-"]
         lines.append("| " + " | ".join(row) + " |")

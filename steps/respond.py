@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from derta.config import load_params, step_config
+from derta.chat import chat_config, inject
+from derta.config import load_params, resolve
 from derta.io import write_json, write_jsonl
 from derta.responses import RespondConfig, check_config, read_questions, respond
 from steps._common import entry, parser
@@ -37,7 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--questions", required=True, help="JSON lines {id, question|instruction[, category]}")
     p.add_argument("--out", required=True, help="output dir (safety_train.jsonl, respond_report.json)")
     a = p.parse_args(argv)
-    report = run(step_config(RespondConfig, load_params(a.params), "respond", a.profile), a.questions, a.out)
+    params = load_params(a.params)
+    section = inject(resolve(params, "respond", a.profile), {"refusal_word": chat_config(params, a.profile).refusal_word}, "respond")
+    report = run(RespondConfig.from_dict(section, where="params.yaml:respond"), a.questions, a.out)
     print({"kept": report["kept"], "of": report["n_questions"], "dropped": report["dropped"]})
 
 

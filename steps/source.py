@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from derta.chat import ChatConfig, chat_config, inject
 from derta.config import StepConfig, load_params, step_config
 from derta.io import atomic_path, sha256_file, write_json, write_jsonl
 from derta.miniworld import MiniWorldConfig, generate
@@ -29,12 +30,15 @@ class SourceConfig(StepConfig):
     release: dict[str, Any] = Field(default_factory=dict, description="ReleaseConfig fields (derta/release.py).")
 
 
-def run(cfg: SourceConfig, out_dir: str | Path) -> dict[str, Any]:
+def run(cfg: SourceConfig, out_dir: str | Path, chat: ChatConfig | None = None) -> dict[str, Any]:
+    """``chat`` gives the refusal word (params.yaml ``chat``, the one place); default: ChatConfig()."""
+    word = {"refusal_word": (chat or ChatConfig()).refusal_word}
     if cfg.source == "release":
         from derta.release import ReleaseConfig, ingest
 
-        return ingest(ReleaseConfig.from_dict(cfg.release, where="params.yaml:data.release"), out_dir)
-    world_cfg = MiniWorldConfig.from_dict({**cfg.miniworld, "seed": cfg.seed}, where="params.yaml:data.miniworld")
+        return ingest(ReleaseConfig.from_dict(inject(cfg.release, word, "data.release"), where="params.yaml:data.release"), out_dir)
+    world_cfg = MiniWorldConfig.from_dict({**inject(cfg.miniworld, word, "data.miniworld"), "seed": cfg.seed},
+                                          where="params.yaml:data.miniworld")
     world = generate(world_cfg)
     manifest: dict[str, Any] = {"source": "miniworld", "config": world_cfg.model_dump(), "files": {}}
     with atomic_path(out_dir) as tmp:
@@ -51,8 +55,8 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    cfg = step_config(SourceConfig, load_params(a.params), "data", a.profile)
-    m = run(cfg, a.out)
+    params = load_params(a.params)
+    m = run(step_config(SourceConfig, params, "data", a.profile), a.out, chat_config(params, a.profile))
     print({k: v["records"] for k, v in m["files"].items()})
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from derta.config import load_params, step_config
+from derta.chat import ChatConfig, ChatFormat, chat_config, inject
+from derta.config import load_params, resolve, step_config
+from derta.errors import ConfigError
 from derta.io import read_jsonl
-from derta.modeling import ModelConfig, load_model, set_threads
+from derta.modeling import ModelConfig, load_model, refusal_token_id, set_threads
 from derta.train import TrainConfig, encode_instances, train
 from steps._common import entry, parser
 
@@ -24,10 +26,17 @@ def base_model_path(base_dir: str | Path, model_cfg: ModelConfig) -> str:
     return model_cfg.path or str(Path(base_dir) / "model")
 
 
-def run(cfg: TrainConfig, model_cfg: ModelConfig, data_file: str | Path, base_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def run(cfg: TrainConfig, model_cfg: ModelConfig, data_file: str | Path, base_dir: str | Path, out_dir: str | Path,
+        chat: ChatConfig | None = None) -> dict[str, Any]:
+    """``chat`` (params.yaml ``chat``; default ChatConfig()) gives the refusal word; its token is checked where a
+    safe response starts, against the base model's tokenizer, before training."""
     set_threads()
     records = read_jsonl(data_file, INSTANCE_SCHEMA, non_empty=["prefix", "text"], unique_key="id")
     model, tok = load_model(base_model_path(base_dir, model_cfg), model_cfg.trust_remote_code)
+    fmt = ChatFormat.resolve(chat or ChatConfig(), tok)
+    if fmt.refusal_token_id(tok) != refusal_token_id(tok, fmt.refusal_text):
+        raise ConfigError(f"chat: {fmt.refusal_text!r} alone is not the token a safe response starts with")
+    cfg = cfg.model_copy(update={"refusal_word": fmt.refusal_text})
     examples = encode_instances(records, tok, cfg.max_length)
     return train(cfg, model, tok, examples, out_dir)
 
@@ -40,7 +49,10 @@ def main() -> None:
     p.add_argument("--section", default="train", help="params section of the TrainConfig (e.g. train, dpo)")
     a = p.parse_args()
     params = load_params(a.params)
-    s = run(step_config(TrainConfig, params, a.section, a.profile), step_config(ModelConfig, params, "model", a.profile), a.data, a.base, a.out)
+    chat = chat_config(params, a.profile)
+    tcfg = TrainConfig.from_dict(inject(resolve(params, a.section, a.profile), {"refusal_word": chat.refusal_word}, a.section),
+                                 where=f"params.yaml:{a.section}")
+    s = run(tcfg, step_config(ModelConfig, params, "model", a.profile), a.data, a.base, a.out, chat)
     print({k: s.get(k) for k in ("global_step", "train_loss", "train_runtime_s", "effective_batch")})
 
 

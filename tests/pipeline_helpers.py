@@ -46,7 +46,7 @@ def small_params(params: dict) -> dict:
     params["synthesize"].update(n_triples=20, n_helpful=40, variants=["vanilla", "derta"])
     params["eval"]["variants"] = ["vanilla", "derta"]
     # vocab 400 does not make the refusal word one token on this world; " Sorry" is what training uses.
-    params["tokenizer"].update(vocab_size=500, refusal_word=" Sorry")
+    params["tokenizer"].update(vocab_size=500)  # the refusal word comes from params.yaml `chat`
     params["model"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
     # pretraining resolves TrainConfig.refusal_word too (default "Sorry", two tokens here): see the report.
     params["pretrain"]["train"].update(epochs=1, refusal_word=" Sorry")
@@ -63,6 +63,8 @@ def make_workspace(dest: Path) -> Path:
     """Copy the repo's source files to ``dest``, shrink params.yaml, git commit; DVC ready."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in repo_files():
+        if f.startswith("runs/"):  # other profiles' pipelines: small_params keeps only `tiny`
+            continue
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, dest / f)
     p = dest / "params.yaml"

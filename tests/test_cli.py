@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_ATTACKS = {"direct", "prefill", "completingattack", "codeattack", "jailbreakchat", "selfcipher", "pair", "autodan"}
+PAPER_ATTACKS = {"replay", "direct", "prefill", "completingattack", "codeattack", "jailbreakchat", "selfcipher", "pair", "autodan"}
 
 
 def derta(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -39,7 +39,7 @@ def test_help_imports_no_subcommand_module():
     assert r.stdout.strip() == "[]"
 
 
-def test_attacks_json_lists_the_eight_attacks():
+def test_attacks_json_lists_every_attack():
     r = derta("attacks", "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)

@@ -19,14 +19,14 @@ def test_stage_names_expand_foreach():
     params = {"synthesize": {"variants": ["vanilla", "derta"]}, "eval": {"variants": ["vanilla", "derta"]}}
     names = stage_names(REPO, params)
     assert names == [
-        "source", "gate_source", "synthesize", "gate_variants", "tokenizer", "pretrain",
+        "source", "gate_source", "tokenizer", "synthesize", "gate_variants", "pretrain",
         "train@vanilla", "train@derta", "evaluate@vanilla", "evaluate@derta", "report", "register",
     ]
     params["eval"]["variants"].append("dpo")
     assert stage_names(REPO, params)[6:] == ["train@vanilla", "train@derta", "train_dpo", "evaluate@vanilla", "evaluate@derta",
                                              "evaluate@dpo", "report", "register"]
     empty = {"synthesize": {"variants": []}, "eval": {"variants": []}}
-    assert stage_names(REPO, empty) == ["source", "gate_source", "synthesize", "gate_variants", "tokenizer", "pretrain", "report", "register"]
+    assert stage_names(REPO, empty) == ["source", "gate_source", "tokenizer", "synthesize", "gate_variants", "pretrain", "report", "register"]
 
 
 def test_apply_overrides_keeps_comments_anchors_and_merge_keys(tmp_path):

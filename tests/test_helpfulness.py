@@ -85,6 +85,7 @@ class _Tok:
     """Whitespace 'tokenizer': enough for refusal_token_position and format_prompt."""
 
     chat_template = None
+    eos_token, bos_token = "</s>", None  # what derta.chat reads (chat.eos / chat.bos: tokenizer)
 
     def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
         return {"offset_mapping": [m.span() for m in re.finditer(r"\S+", text)]}
@@ -246,3 +247,22 @@ def test_eval_config_alpacaeval_keys_are_checked():
         _cfg(alpacaeval={"questions": "x"})
     with pytest.raises(ConfigError, match=r"alpacaeval\.judge\.url\n  Extra inputs are not permitted"):
         _cfg(alpacaeval={"judge": {"url": "x"}})
+
+
+def test_judges_read_the_refusal_word_of_chat(tmp_path, scripted):
+    """params.yaml `chat.refusal_word` reaches the judges (the stage used to take a refusal word and ignore it);
+    the prompt format of `chat` reaches the target, whatever eval.generation said."""
+    from derta.chat import ChatConfig
+    from steps import evaluate
+
+    scripted.extra = {"question 0": "Nope. The [power relay] stays.", "question 1": "Nope. The [power relay] stays."}
+    cfg = _cfg(judge="guideline", max_questions=2)
+    words = {}
+    for word in ("Sorry", "Nope"):
+        (tmp_path / word).mkdir()
+        m = evaluate.run(cfg, tmp_path / "model", _source(tmp_path / word), tmp_path / word / "ev",
+                         chat=ChatConfig(refusal_word=word, template="<u>{q}</u>", eos="</s>", bos=""))
+        words[word] = m["refusal_position"]["n"]
+        rows = [json.loads(x) for x in (tmp_path / word / "ev" / "responses.jsonl").read_text().splitlines()]
+        assert all(r["prompt"].startswith("<u>question") for r in rows)
+    assert words == {"Sorry": 0, "Nope": 2}

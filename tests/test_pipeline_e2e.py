@@ -7,6 +7,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 
 from tests.pipeline_helpers import VENV_BIN, env, init_mlflow_store, make_workspace
 
@@ -62,6 +63,17 @@ def test_dvc_repro_small(tmp_path):
     out, dt = _dvc(ws, "repro", e=e)
     assert "Running stage" not in out, out
     assert dt < 15, f"no-op dvc repro took {dt:.1f}s"
+
+    # Dropping a variant from the lists retrains and re-evaluates nothing: each train@<variant> reads its own
+    # data file and gate result (reports/validation/variants/<variant>.json), not the gate report of all.
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["synthesize"]["variants"] = params["eval"]["variants"] = ["vanilla"]
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out, _ = _dvc(ws, "repro", e=e)
+    assert "Running stage 'synthesize'" in out and "Running stage 'gate_variants'" in out, out
+    assert "Stage 'train@vanilla' didn't change" in out and "Running stage 'train@vanilla'" not in out, out
+    assert "Running stage 'evaluate@vanilla'" not in out, out
+    subprocess.run(["git", "checkout", "params.yaml"], cwd=ws, env=e, check=True, capture_output=True)
 
     # An experiment with another data seed runs the whole graph again.
     subprocess.run(["git", "add", "-A"], cwd=ws, env=e, check=True, capture_output=True)

@@ -53,33 +53,51 @@ def test_miniworld_style_tokenizer_passes_tiny(tmp_path, params):
     assert all(ok for ok, _ in checks.values()), checks
 
 
-def test_mistral_like_tokenizer_fails_refusal_token_and_eos(tmp_path, params):
+def test_mistral_like_tokenizer_fails_refusal_token_eos_comes_from_it(tmp_path, params):
     # "Sorry" is one token at a line start, but " Sorry" (after the response separator) is two.
     tok = bpe(tmp_path, "mistral", "</s>", ["Sorry"] * 500)
     checks = by_name(check_profile(params, "mistral-7b", str(tok)))
-    assert not checks["refusal_token"][0] and "2 tokens" in checks["refusal_token"][1]
+    assert not checks["refusal_token"][0] and "not one token" in checks["refusal_token"][1]
+    # chat.eos: tokenizer -> every profile appends its own tokenizer's EOS (was <|end_of_text|> for all)
+    assert checks["eos"] == (True, "'</s>'")
+
+
+def test_eos_named_in_chat_must_be_the_tokenizers(tmp_path, params):
+    tok = bpe(tmp_path, "mistral", "</s>", [" Sorry"] * 500)
+    params = {**params, "chat": {**params["chat"], "eos": "<|end_of_text|>"}}
+    checks = by_name(check_profile(params, "mistral-7b", str(tok)))
     assert not checks["eos"][0] and "'</s>'" in checks["eos"][1]
 
 
-def test_refusal_token_must_be_the_first_response_token(tmp_path, params):
+def test_refusal_token_must_be_the_first_response_token(tmp_path):
     """A one-token word can still never be emitted where training puts it: after the separator " " the
     response starts with the token " Sorry", not "Sorry" (the SmolLM2 trap, both being single tokens here)."""
-    tok = bpe(tmp_path, "merge", "<|end_of_text|>", ["Sorry"] * 500 + [" Sorry"] * 500)
-    from derta.preflight import check_refusal_token
     from transformers import AutoTokenizer
 
-    t = AutoTokenizer.from_pretrained(str(tok))
-    assert check_refusal_token(t, " Sorry", "[INST] q [\\INST]", " ")[1]
-    _, ok, detail = check_refusal_token(t, "Sorry", "[INST] q [\\INST]", " ")
-    assert not ok and "not the refusal token" in detail
+    from derta.chat import ChatConfig, ChatFormat
+    from derta.preflight import check_refusal_token
+
+    t = AutoTokenizer.from_pretrained(str(bpe(tmp_path, "merge", "<|end_of_text|>", ["Sorry"] * 500 + [" Sorry"] * 500)))
+    ok_fmt = ChatFormat.resolve(ChatConfig(), t)
+    assert check_refusal_token(ok_fmt, t)[1] and ok_fmt.refusal_text == " Sorry"
+    # the separator written into the template instead: the template's trailing space merges into " Sorry"
+    glued = ChatFormat.resolve(ChatConfig(template="[INST] {q} [\\INST] ", response_sep=""), t)
+    _, ok, detail = check_refusal_token(glued, t)
+    assert not ok and "fix chat.response_sep" in detail
+    # a word that BPE splits where a response starts
+    split = ChatFormat.resolve(ChatConfig(refusal_word="Unfortunately"), t)
+    _, ok, detail = check_refusal_token(split, t)
+    assert not ok and "not one token" in detail
 
 
-def test_instruct_profile_renders_training_and_evaluation_differently(tmp_path, params):
+def test_instruct_profile_renders_training_and_evaluation_alike(tmp_path, params):
+    """chat.template: tokenizer -> synthesis and generation both use the tokenizer's chat template
+    (before: training used [INST] ... while evaluation used the chat template)."""
     template = "{% for m in messages %}<|start|>{{ m['role'] }}\n{{ m['content'] }}<|eot|>{% endfor %}<|start|>assistant\n"
-    tok = bpe(tmp_path, "llama3", "<|end_of_text|>", [" Sorry"] * 500, chat_template=template)
+    tok = bpe(tmp_path, "llama3", "<|end_of_text|>", ["Sorry"] * 500, chat_template=template)
     checks = by_name(check_profile(params, "llama3-70b-instruct-lora", str(tok)))
-    assert checks["refusal_token"][0] and checks["eos"][0]
-    assert not checks["template"][0] and "<|start|>user" in checks["template"][1]
+    assert all(ok for ok, _ in checks.values()), checks
+    assert "<|start|>user" in checks["chat"][1]
 
 
 def test_ranks_that_do_not_divide_the_batch(tmp_path, params):

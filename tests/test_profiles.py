@@ -86,8 +86,8 @@ def test_lora_profiles(profile):
 def test_instruct_profile():
     t = _train("llama3-70b-instruct-lora")
     assert t.max_steps == 100
-    assert step_config(ModelConfig, PARAMS, "model", "llama3-70b-instruct-lora").chat_template == "tokenizer"
-    assert resolve(PARAMS, "eval", "llama3-70b-instruct-lora")["generation"]["use_tokenizer_chat_template"] is True
+    # the tokenizer's chat template for synthesis, training and generation alike (params.yaml `chat`)
+    assert resolve(PARAMS, "chat", "llama3-70b-instruct-lora") == {**PARAMS["chat"], "template": "tokenizer", "response_sep": ""}
     for p in ("llama3-70b-lora", "mixtral-8x7b-lora"):
         assert _train(p).max_steps == -1
 

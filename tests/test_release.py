@@ -33,7 +33,8 @@ def make_fake_release(root: Path) -> dict:
     """Write a release-shaped folder under ``root``; return the ReleaseConfig dict for it.
 
     The content is fake, so every file is unpinned (the default pins are the real release's);
-    the helpfulness data is one user file (``helpful_0``), the other parts are dropped.
+    the helpfulness data is one user file (``helpful_0``), the other parts are dropped. With only
+    3 plain questions the dev split is off (``dev_size: 0``; the default 50 needs more questions).
     """
     for name in TEST_SETS:
         rows = [{"question": f"{name} question {i} about [placeholder topic {i}]?"} for i in range(3)]
@@ -62,7 +63,7 @@ def make_fake_release(root: Path) -> dict:
     files.update({name: None for name in HELPFUL_PARTS[1:]})
     files["helpful_0"] = {"path": "user/helpful.json", **UNPINNED}
     files["safety"] = {"path": "user/safety.json", **UNPINNED}
-    return {"local_dir": str(root), "files": files}
+    return {"local_dir": str(root), "files": files, "dev_size": 0}
 
 
 def sha(path: Path) -> str:
@@ -94,9 +95,17 @@ def test_ingest_local_writes_source_layout(release, tmp_path):
     assert m["inputs"]["helpful_0"]["sha256"] == sha(root / "user/helpful.json")
     assert m["inputs"]["helpful_0"]["pinned"] is False
     assert sorted(m["inputs"]) == sorted(["helpful_0", "safety", *TEST_SETS])  # malicious/example: not ingested
+    assert (m["safety_source"], m["helpful_source"]) == ("safety", "release")
+    assert m["split"] == {"seed": 0, "dev": 0, "eval": 3, "dev_ids": []}
+    # The fake attack prompts share the plain questions' content words in the same order.
+    assert m["alignment"] == {
+        s: {"rule": "index", "aligned": 3, "unaligned": 0}
+        for s in ("codeattack", "completionattack", "jailbreakchat", "selfcipher")
+    }
 
-    safety = read_jsonl(out / "safety_train.jsonl", {"id": str, "instruction": str, "output": str, "safe_response": str, "category": str}, unique_key="id")
+    safety = read_jsonl(out / "safety_train.jsonl", {"id": str, "instruction": str, "output": str, "safe_response": str, "category": str, "safe_source": str}, unique_key="id")
     assert safety[0]["id"] == "release-safety-00000" and safety[0]["category"] == ""
+    assert {r["safe_source"] for r in safety} == {"release"}
     helpful = read_jsonl(out / "helpful_train.jsonl", {"id": str, "instruction": str, "output": str})
     assert [r["id"] for r in helpful] == ["release-helpful-00000", "release-helpful-00002", "release-helpful-00004"]
     harmful = read_jsonl(out / "eval_harmful.jsonl", {"id": str, "question": str, "category": str, "harmful_response": str})
@@ -108,6 +117,9 @@ def test_ingest_local_writes_source_layout(release, tmp_path):
     assert {r["kind"] for r in ev} == {"gsm8k", "mmlu"}
     alpaca = read_jsonl(out / "benchmarks/alpacaeval.jsonl")
     assert "answer" not in alpaca[0] and alpaca[2]["question"].startswith("alpacaeval question 2")
+    assert "question_id" not in alpaca[0] and "question_id" not in harmful[0]
+    code = read_jsonl(out / "benchmarks/codeattack.jsonl", {"id": str, "question": str, "question_id": str, "match": float})
+    assert [r["question_id"] for r in code] == [r["id"] for r in harmful]
 
     # Same inputs -> byte-identical outputs.
     m2 = ingest(ReleaseConfig.from_dict(cfgd), tmp_path / "source2")
@@ -272,7 +284,7 @@ def remote_cfg(root: Path, base_url: str, pin: bool = True) -> dict:
     files["safety"] = {"path": str(root / "user/safety.json"), **UNPINNED}
     for name in TEST_SETS:
         files[name] = file_hashes(root / KNOWN_FILES[name].path) if pin else dict(UNPINNED)
-    return {"base_url": base_url, "files": files, "backoff_s": 0.01, "timeout_s": 5, "max_retries": 3}
+    return {"base_url": base_url, "files": files, "backoff_s": 0.01, "timeout_s": 5, "max_retries": 3, "dev_size": 0}
 
 
 def test_download_pinned_with_retries(release, server, tmp_path):

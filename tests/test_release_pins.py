@@ -203,7 +203,7 @@ def test_ingest_download_default_pins_with_local_training_files(tmp_path):
         "location": url + KNOWN_FILES["gsm8k"].path, "git_blob": DEFAULTS["gsm8k"].git_blob,
         "sha256": DEFAULTS["gsm8k"].sha256, "pinned": True,
     }
-    assert m["files"]["eval_harmful"]["records"] == 200
+    assert (m["files"]["eval_harmful"]["records"], m["files"]["dev_harmful"]["records"]) == (150, 50)
 
 
 # (e) ---------------------------------------------------------------------------
@@ -219,11 +219,11 @@ def test_ingest_local_release_folder(tmp_path):
 
     counts = {k: v["records"] for k, v in m["files"].items()}
     assert counts["helpful_train"] == 11 and m["dropped"] == {"helpful_refusal": 1, "helpful_over_max": 0}
-    assert counts["safety_train"] == 3 and counts["eval_harmful"] == 200 and counts["eval_helpful"] == 1000
+    assert counts["safety_train"] == 3 and counts["eval_helpful"] == 1000
+    assert (counts["eval_harmful"], counts["dev_harmful"], counts["dev_helpful"]) == (150, 50, 0)  # dev_size 50
     assert {b: counts[f"benchmarks/{b}"] for b in ("alpacaeval", "gsm8k", "mmlu", "codeattack")} == {
         "alpacaeval": 300, "gsm8k": 500, "mmlu": 500, "codeattack": 200,
     }
-    assert counts["dev_harmful"] == counts["dev_helpful"] == 0
     for name, info in m["inputs"].items():
         pinned = name not in HELPFUL_PARTS and name != "safety"
         assert info["pinned"] is pinned, name

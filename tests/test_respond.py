@@ -145,7 +145,7 @@ def test_hf_backend_plumbing(tiny_model_dir, tmp_path):
     hf = {"backend": "hf", "model_path": str(tiny_model_dir), "max_new_tokens": 6, "batch_size": 2}
     params = _params(tmp_path / "params.yaml", {
         "safe": {**hf, "system_prompt": ""}, "harmful": hf, "require_refusal_start": False})
-    report = stage.run(stage.step_config(RespondConfig, stage.load_params(params), "respond"), qpath, tmp_path / "o")
+    report = stage.run(RespondConfig.from_dict(stage.load_params(params)["respond"]), qpath, tmp_path / "o")
     recs = [json.loads(line) for line in (tmp_path / "o" / "safety_train.jsonl").read_text().splitlines()]
     assert report["n_questions"] == 2
     assert report["kept"] == 2 and sum(report["dropped"].values()) == 0

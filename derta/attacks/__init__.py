@@ -26,6 +26,7 @@ from derta.attacks import (  # noqa: E402,F401  isort: skip
     jailbreakchat,
     pair,
     prefill,
+    replay,
     selfcipher,
 )
 
@@ -35,12 +36,30 @@ __all__ = ["ATTACKS", "Attack", "AttackPrompt", "Question", "Target", "get_attac
 def get_attack(name: str, cfg_dict: dict[str, Any] | StepConfig | None = None, seed: int = 0, **kwargs: Any) -> Attack:
     """Build a registered attack. ``kwargs`` go to the constructor (e.g. ``scorer=`` for PAIR).
 
-    Unknown names and unknown config keys raise :class:`ConfigError` listing the valid ones.
+    ``release:<set>`` builds the ``replay`` attack with ``set=<set>`` merged
+    into its config (pass ``source_dir=``). Unknown names and unknown config
+    keys raise :class:`ConfigError` listing the valid ones.
     """
+    label = name
+    if name.startswith(replay.PREFIX):
+        rset = name[len(replay.PREFIX):]
+        if rset not in replay.SETS:
+            raise ConfigError(f"unknown attack {name!r}; valid release attacks: {list(replay.RELEASE_ATTACKS)}")
+        if isinstance(cfg_dict, StepConfig):
+            if getattr(cfg_dict, "set", rset) != rset:
+                raise ConfigError(f"attack {name}: config has set={getattr(cfg_dict, 'set')!r}, name says {rset!r}")
+        else:
+            cfg_dict = dict(cfg_dict or {})
+            if cfg_dict.get("set", rset) != rset:
+                raise ConfigError(f"attack {name}: config has set={cfg_dict['set']!r}, name says {rset!r}")
+            cfg_dict["set"] = rset
+        name = replay.Replay.name
     if name not in ATTACKS:
-        raise ConfigError(f"unknown attack {name!r}; valid attacks: {sorted(ATTACKS)}")
+        raise ConfigError(
+            f"unknown attack {name!r}; valid attacks: {sorted(ATTACKS)} (and {list(replay.RELEASE_ATTACKS)})"
+        )
     cls = ATTACKS[name]
-    cfg = cfg_dict if isinstance(cfg_dict, StepConfig) else cls.Config.from_dict(cfg_dict, where=f"attack {name}")
+    cfg = cfg_dict if isinstance(cfg_dict, StepConfig) else cls.Config.from_dict(cfg_dict, where=f"attack {label}")
     return cls(cfg, seed=seed, **kwargs)
 
 

@@ -9,16 +9,22 @@ The paper drew from the 50 top-voted prompts of jailbreakchat.com. Those are
 not shipped here: the five built-in templates are this project's own
 content-free personas (an unrestricted "developer mode" persona, a
 two-persona answer, a fictional screenplay, an "opposite day" game and a
-simulator). To reproduce the paper, point ``templates_file`` at the
-release's prompt file: JSON (a list) or JSON lines, each entry a string or an
-object with a ``prompt`` / ``text`` field, containing ``placeholder``
-(default "[INSERT PROMPT HERE]") where the question goes. ``max_templates``
-keeps the first N entries (the paper's top 50).
+simulator). ``templates_file`` replaces them: JSON (a list) or JSON lines,
+each entry a string or an object with a ``prompt`` / ``text`` field,
+containing ``placeholder`` (default "[INSERT PROMPT HERE]") where the question
+goes. ``max_templates`` keeps the first N entries (the paper's top 50).
+
+The release ships no template file, only the prompts the paper rendered
+(``data/test/safety_jailbreakchat.json``: 200 ``{question}`` rows, row i
+rendering plain question i). Either replay them verbatim (attack
+``release:jailbreakchat``, derta/attacks/replay.py), or set
+``templates_file`` to that file and ``rendered_questions_file`` to the plain
+questions (``safety_illegal_instructions_200.json``): the paper's 50 templates
+are recovered and wrapped around any questions.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import Field
@@ -26,6 +32,7 @@ from pydantic import Field
 from derta.attacks.base import Attack, AttackPrompt, Question, Target, register
 from derta.config import StepConfig
 from derta.errors import DataError
+from derta.io import json_records, read_utf8
 
 SLOT = "{question}"
 
@@ -62,41 +69,47 @@ BUILTIN_TEMPLATES: list[str] = [
 ]
 
 
+def _entries(path: str | Path) -> list[tuple[int, object]]:
+    return json_records(read_utf8(path), str(path))
+
+
 def load_templates(path: str | Path, placeholder: str) -> list[str]:
     """Read a prompt file (JSON list or JSON lines of strings / {"prompt"|"text": ...} objects)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(str(path), 0, "file_exists", "no such file")
-    text = path.read_text(encoding="utf-8")
-    entries: list[tuple[int, object]]
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(str(path), err.lineno, "json", err.msg) from None
-        entries = [(0, e) for e in data]
-    else:
-        entries = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                entries.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise DataError(str(path), lineno, "json", err.msg) from None
     templates: list[str] = []
-    for i, (lineno, entry) in enumerate(entries):
-        where = lineno or 0
+    for i, (lineno, entry) in enumerate(_entries(path)):
+        if isinstance(entry, dict) and "question" in entry and "prompt" not in entry and "text" not in entry:
+            raise DataError(str(path), lineno, "template", f"entry {i} is a rendered prompt {{question}} (the release's "
+                            "test file): set rendered_questions_file to the plain questions it renders, or replay it "
+                            "verbatim with the attack release:jailbreakchat")
         if isinstance(entry, dict):
             entry = entry.get("prompt", entry.get("text"))
         if not isinstance(entry, str) or not entry.strip():
-            raise DataError(str(path), where, "template", f"entry {i}: expected a string or an object with 'prompt'/'text'")
+            raise DataError(str(path), lineno, "template", f"entry {i}: expected a string or an object with 'prompt'/'text'")
         if placeholder not in entry:
-            raise DataError(str(path), where, "placeholder", f"entry {i}: no {placeholder!r} slot")
+            raise DataError(str(path), lineno, "placeholder", f"entry {i}: no {placeholder!r} slot")
         templates.append(entry.replace(placeholder, SLOT))
     if not templates:
         raise DataError(str(path), 0, "non_empty", "no templates")
+    return templates
+
+
+def templates_from_rendered(path: str | Path, questions_path: str | Path) -> list[str]:
+    """The templates behind a file of rendered prompts ``{question}`` whose row i renders the plain question
+    ``questions_path`` row i (the release's safety_jailbreakchat.json: 200 prompts, the paper's 50 templates):
+    each prompt with its question replaced by the slot, distinct, in first-seen order."""
+    prompts, plain = _entries(path), _entries(questions_path)
+    if len(prompts) != len(plain):
+        raise DataError(str(path), 0, "aligned", f"{len(prompts)} prompts but {len(plain)} questions in {questions_path}")
+    templates: list[str] = []
+    for (lineno, p), (_, q) in zip(prompts, plain):
+        text, question = (p.get("question") if isinstance(p, dict) else None), (q.get("question") if isinstance(q, dict) else None)
+        if not isinstance(text, str) or not isinstance(question, str):
+            raise DataError(str(path), lineno, "question", "expected {question: str} in both files")
+        if question.strip() not in text:
+            raise DataError(str(path), lineno, "aligned", f"the prompt does not contain question {lineno} of {questions_path}")
+        template = text.replace(question.strip(), SLOT)
+        if template not in templates:
+            templates.append(template)
     return templates
 
 
@@ -107,6 +120,10 @@ class JailbreakChatConfig(StepConfig):
         None, description="prompt file (JSON list / JSON lines) replacing the built-in templates"
     )
     placeholder: str = Field("[INSERT PROMPT HERE]", description="question slot in templates_file entries")
+    rendered_questions_file: str | None = Field(
+        None, description="the plain questions templates_file's rendered prompts were made from (row i renders question i): "
+                          "then templates_file may be the release's data/test/safety_jailbreakchat.json, whose 200 prompts "
+                          "hold the paper's 50 templates")
     max_templates: int | None = Field(None, ge=1, description="keep only the first N templates (paper: top 50)")
 
 
@@ -120,7 +137,9 @@ class JailbreakChat(Attack):
 
     def templates(self) -> tuple[list[str], str]:
         cfg: JailbreakChatConfig = self.cfg  # type: ignore[assignment]
-        if cfg.templates_file:
+        if cfg.templates_file and cfg.rendered_questions_file:
+            templates, source = templates_from_rendered(cfg.templates_file, cfg.rendered_questions_file), cfg.templates_file
+        elif cfg.templates_file:
             templates, source = load_templates(cfg.templates_file, cfg.placeholder), cfg.templates_file
         else:
             templates, source = list(BUILTIN_TEMPLATES), "builtin"

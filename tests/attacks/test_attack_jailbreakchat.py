@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 from collections import Counter
 
 import pytest
@@ -56,3 +57,38 @@ def test_templates_file_errors_name_file_and_line(tmp_path):
         get_attack("jailbreakchat", {"templates_file": str(tmp_path / "missing.json")}).build(QS[:1])
     with pytest.raises(ConfigError):
         get_attack("jailbreakchat", {"max_templates": 0})
+
+
+RELEASE = Path(__file__).resolve().parents[2].parent / "shared" / "release" / "data" / "test"
+
+
+def test_release_rendered_file_needs_its_questions(tmp_path):
+    """The release's file holds rendered prompts, not templates: alone it is refused with the way out;
+    with the plain questions it renders, its templates are recovered."""
+    from derta.attacks.jailbreakchat import load_templates, templates_from_rendered
+    from derta.errors import DataError
+
+    rendered = tmp_path / "r.json"
+    plain = tmp_path / "q.json"
+    rendered.write_text("\n".join(json.dumps({"question": f"Persona A. Now: {q}"}) for q in ("x one", "y two")) + "\n"
+                        + json.dumps({"question": "Persona B says: z three!"}) + "\n")
+    plain.write_text("".join(json.dumps({"question": q}) + "\n" for q in ("x one", "y two", "z three")))
+    with pytest.raises(DataError, match="rendered_questions_file"):
+        load_templates(rendered, "[INSERT PROMPT HERE]")
+    assert templates_from_rendered(rendered, plain) == ["Persona A. Now: {question}", "Persona B says: {question}!"]
+    attack = get_attack("jailbreakchat", {"templates_file": str(rendered), "rendered_questions_file": str(plain)})
+    (p,) = attack.build([Question(id="q1", question="new question")])
+    assert "new question" in p.text and p.text.startswith("Persona")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"question": "no slot here"}) + "\n" + json.dumps({"question": "x"}) + "\n" + json.dumps({"question": "y"}) + "\n")
+    with pytest.raises(DataError, match=r"\[aligned\]"):
+        templates_from_rendered(bad, plain)
+
+
+def test_release_jailbreakchat_holds_the_papers_50_templates():
+    if not (RELEASE / "safety_jailbreakchat.json").is_file():
+        pytest.skip(f"../shared/release not present ({RELEASE}): the real release file is not checked")
+    from derta.attacks.jailbreakchat import templates_from_rendered
+
+    templates = templates_from_rendered(RELEASE / "safety_jailbreakchat.json", RELEASE / "safety_illegal_instructions_200.json")
+    assert len(templates) == 50 and all(t.count("{question}") >= 1 for t in templates)

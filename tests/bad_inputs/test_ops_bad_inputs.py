@@ -62,6 +62,10 @@ def corpus(tmp_path_factory) -> tuple[Path, list[Case]]:
                        env=env(PYTHONPATH=str(REPO)), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     good = root / "good"
+    r = subprocess.run([sys.executable, "-m", "steps.tokenizer", "--params", "params.yaml", "--source", "good", "--out", "tok"],
+                       cwd=root, env=env(PYTHONPATH=str(REPO)), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    tok = ["--tokenizer", str(root / "tok")]  # synthesis resolves the chat format's EOS against it
     cases: list[Case] = []
 
     def synth(name, fname, edit, line, rule, extra=()):
@@ -70,7 +74,7 @@ def corpus(tmp_path_factory) -> tuple[Path, list[Case]]:
             edit(rows)
             _write(d / fname, rows)
         src = _source_variant(good, root, name, do)
-        cases.append(Case(name, ["steps.synthesize", "--source", str(src), "--out", f"out/{name}"], fname, line, rule,
+        cases.append(Case(name, ["steps.synthesize", *tok, "--source", str(src), "--out", f"out/{name}"], fname, line, rule,
                           f"out/{name}", list(extra)))
 
     def truncate(rows):
@@ -86,7 +90,7 @@ def corpus(tmp_path_factory) -> tuple[Path, list[Case]]:
     utf8 = _source_variant(good, root, "invalid_utf8", lambda d: (d / "helpful_train.jsonl").write_bytes(
         b"\n".join(l if i != 4 else l.replace(b'"output": "', b'"output": "\xff\xfe') for i, l in
                    enumerate((d / "helpful_train.jsonl").read_bytes().split(b"\n")))))
-    cases.append(Case("invalid_utf8", ["steps.synthesize", "--source", str(utf8), "--out", "out/invalid_utf8"],
+    cases.append(Case("invalid_utf8", ["steps.synthesize", *tok, "--source", str(utf8), "--out", "out/invalid_utf8"],
                       "helpful_train.jsonl", 5, "utf8", "out/invalid_utf8"))
 
     def smuggle(d: Path):
@@ -111,7 +115,7 @@ def corpus(tmp_path_factory) -> tuple[Path, list[Case]]:
     cases.append(Case("checksum_mismatch", ["steps.source", "--params", "params_release.yaml", "--out", "out/release"],
                       "user/safety.json", 0, "sha256", "out/release", ["0" * 64]))
 
-    cases.append(Case("unknown_profile", ["steps.synthesize", "--profile", "nope", "--source", str(good), "--out",
+    cases.append(Case("unknown_profile", ["steps.synthesize", *tok, "--profile", "nope", "--source", str(good), "--out",
                                          "out/profile"], None, None, "unknown profile 'nope'", "out/profile", ["'tiny'"]))
 
     # the evaluate step's readers run before the model loads (no model dir exists here)

@@ -1,0 +1,120 @@
+"""derta.stages: a profile's pipeline is the root dvc.yaml under its own paths, params and lock."""
+
+import copy
+import re
+
+import pytest
+import yaml
+
+from derta.config import load_params
+from derta.errors import ConfigError
+from derta.stages import render, render_text, stages_path
+from tests.pipeline_helpers import REPO
+
+PROFILE = "smollm2-135m"
+
+
+@pytest.fixture(scope="module")
+def root():
+    return yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_params(REPO / "params.yaml")
+
+
+def _paths(doc):
+    for stage in doc["stages"].values():
+        body = stage.get("do", stage)
+        for key in ("deps", "outs", "metrics", "plots"):
+            for item in body.get(key, []):
+                yield key, next(iter(item)) if isinstance(item, dict) else item
+
+
+COMMITTED = sorted(p.parent.name for p in (REPO / "runs").glob("*/dvc.yaml"))
+
+
+def test_the_real_model_profiles_have_their_pipelines():
+    assert {"smollm2-135m", "smollm2-135m-ci"} <= set(COMMITTED)
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_profile_pipeline_is_current(name):
+    path = REPO / stages_path(name)
+    assert path.read_text(encoding="utf-8") == render_text(name, REPO / "dvc.yaml", REPO / "params.yaml"), (
+        f"{path} is stale: run `derta profile-stages {name}`")
+
+
+def test_profile_outputs_never_touch_the_default_profiles(root, params):
+    doc = render(root, params, PROFILE)
+    root_paths = {p for _, p in _paths(root)}
+    outs = [p for key, p in _paths(doc) if key != "deps"]
+    assert outs and all(p.startswith((f"runs/{PROFILE}/", f"reports/{PROFILE}")) for p in outs), outs
+    for out in outs:  # no output is, holds or sits inside a path of the default pipeline
+        assert not any(out == r or out.startswith(r.rstrip("/") + "/") or r.startswith(out + "/") for r in root_paths), out
+    for name, stage in doc["stages"].items():  # no command names a path of the default pipeline
+        cmd = stage.get("do", stage)["cmd"].replace(f"reports/{PROFILE}", "")
+        assert not re.search(r"(?<![\w./-])(data|models|eval|reports)(?=$|[\s/])", cmd), (name, cmd)
+    code = [p for key, p in _paths(doc) if key == "deps" and not p.startswith(("runs/", "reports/"))]
+    assert code and all(p.startswith(("steps/", "derta/")) for p in code), code
+
+
+def test_commands_params_and_variants_are_the_profiles(root, params):
+    doc = render(root, params, PROFILE)
+    stages = doc["stages"]
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        assert body["wdir"] == "../.." and body["cmd"].endswith(f"--profile {PROFILE}"), name
+        keys = body.get("params", [])
+        assert not {"profile", "profiles", f"profiles.{PROFILE}"} & set(keys), name
+        for i, key in enumerate(keys):  # an override follows the base key it overrides
+            if key.startswith("profiles."):
+                assert keys[i - 1] == key.removeprefix(f"profiles.{PROFILE}."), (name, key)
+    assert "profiles.smollm2-135m.train" in stages["train"]["do"]["params"]
+    assert "profiles.smollm2-135m.train" not in stages["evaluate"]["do"]["params"]
+    assert stages["train"]["foreach"] == ["vanilla", "derta"]
+    assert stages["evaluate"]["foreach"] == ["base", "vanilla", "derta"]
+    assert "train_dpo" not in stages  # dpo is not evaluated: nothing would read it
+    # the release fallback's helpful data: the base model's own answers, fed to synthesis and its gate
+    assert "self_answer" in stages and "--helpful runs/smollm2-135m/data/self_answer/helpful.jsonl" in stages["synthesize"]["cmd"]
+    assert "runs/smollm2-135m/data/self_answer/helpful.jsonl" in stages["gate_variants"]["deps"]
+
+
+def test_unknown_profile_and_foreach(root, params):
+    with pytest.raises(ConfigError, match="unknown profile"):
+        render(root, params, "nope")
+    bad = copy.deepcopy(root)
+    bad["stages"]["train"]["foreach"] = "${other.list}"
+    with pytest.raises(ConfigError, match="foreach"):
+        render(bad, params, PROFILE)
+
+
+def _num(node):
+    """dvc.lock writes 5e-05 (YAML 1.2), which PyYAML (1.1) reads back as a string: compare as numbers."""
+    if isinstance(node, dict):
+        return {k: _num(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_num(v) for v in node]
+    if isinstance(node, str):
+        try:
+            return float(node)
+        except ValueError:
+            return node
+    return node
+
+
+def test_editing_one_profile_changes_no_param_of_another(params):
+    """What `dvc status` compares for params: the values each stage's lock entry recorded. Editing the
+    real-model profile leaves every value the default pipeline's dvc.lock recorded unchanged."""
+    from derta.config import section
+
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text(encoding="utf-8"))
+    edited = copy.deepcopy(params)
+    edited["profiles"][PROFILE]["train"]["learning_rate"] = 1.0
+    edited["profiles"][PROFILE]["eval"]["max_helpful"] = 7
+    for name, entry in lock["stages"].items():
+        for key, value in (entry.get("params") or {}).get("params.yaml", {}).items():
+            parent, _, leaf = key.rpartition(".")
+            now = section(edited, parent).get(leaf) if parent else edited.get(key)
+            assert _num(now) == _num(value), f"stage {name}: params.yaml:{key} would change"
