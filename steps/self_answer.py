@@ -24,12 +24,12 @@ from typing import Any
 from pydantic import Field
 
 from derta.attacks.base import refuses_early
-from derta.chat import chat_config
+from derta.chat import ChatConfig, ChatFormat, chat_config
 from derta.config import StepConfig, load_params, step_config
 from derta.generate import GenerationConfig, HFTarget
 from derta.io import atomic_path, read_jsonl, write_json, write_jsonl
 from derta.modeling import load_model, model_weights, set_threads
-from steps._common import chat_format, entry, parser
+from steps._common import entry, parser
 
 
 class SelfAnswerConfig(StepConfig):
@@ -58,13 +58,13 @@ def finish(answer: str, eos: str) -> tuple[str | None, str]:
 
 
 def run(cfg: SelfAnswerConfig, gen: GenerationConfig, src_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
-        params: dict[str, Any], profile: str | None) -> dict[str, Any]:
+        chat: ChatConfig | None = None) -> dict[str, Any]:
+    """``chat`` (params.yaml ``chat``; default ChatConfig()) is resolved against the base model's own tokenizer."""
     set_threads()
     rows = read_jsonl(Path(src_dir) / "helpful_prompts.jsonl", {"id": str, "instruction": str}, non_empty=["instruction"], unique_key="id")
     rows = rows[: cfg.n] if cfg.n else rows
-    weights = model_weights(base_dir)
-    fmt = chat_format(params, profile, str(weights))
-    model, tok = load_model(weights)
+    model, tok = load_model(model_weights(base_dir))
+    fmt = ChatFormat.resolve(chat or ChatConfig(), tok)
     target = HFTarget(model, tok, gen.model_copy(update={**fmt.generation_fields(), "batch_size": cfg.batch_size}))
     t0 = time.perf_counter()
     answers = target.generate_texts([fmt.prompt(r["instruction"]) for r in rows], cfg.max_new_tokens, skip_special_tokens=False)
@@ -87,9 +87,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     a = p.parse_args()
     params = load_params(a.params)
-    chat_config(params, a.profile)  # a bad chat section fails before the model loads
-    report = run(step_config(SelfAnswerConfig, params, "self_answer", a.profile), GenerationConfig(), a.source, a.base, a.out,
-                 params, a.profile)
+    chat = chat_config(params, a.profile)  # a bad chat section fails before the model loads
+    report = run(step_config(SelfAnswerConfig, params, "self_answer", a.profile), GenerationConfig(), a.source, a.base, a.out, chat)
     print(report)
 
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from derta.chat import chat_config
 from derta.config import load_params
 from steps import self_answer
 from steps.self_answer import SelfAnswerConfig, finish
@@ -32,9 +33,9 @@ def test_stage_answers_in_the_chat_format(tiny_model_dir, tmp_path):  # noqa: F8
     base = tmp_path / "base"
     base.mkdir()
     (base / "source.json").write_text(json.dumps({"path": str(tiny_model_dir / "model")}))  # a real base model's pretrain output
-    params = load_params(REPO / "params.yaml")
+    chat = chat_config(load_params(REPO / "params.yaml"))
     report = self_answer.run(SelfAnswerConfig(n=4, max_new_tokens=12, batch_size=2), GenerationConfig(), src, base,
-                             tmp_path / "out", params, None)
+                             tmp_path / "out", chat)
     assert report["asked"] == 4 and report["kept"] + report["refused"] + report["no_sentence"] == 4
     assert report["ended"] + report["cut"] == report["kept"]
     rows = [json.loads(x) for x in (tmp_path / "out" / "helpful.jsonl").read_text().splitlines()]
