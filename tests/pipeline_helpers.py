@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -59,8 +60,17 @@ def small_params(params: dict) -> dict:
     return params
 
 
-def make_workspace(dest: Path) -> Path:
-    """Copy the repo's source files to ``dest``, shrink params.yaml, git commit; DVC ready."""
+def safety_pair_params(params: dict) -> dict:
+    """The default mini-world and models, only vanilla and DeRTa, scored on the ``dev`` split."""
+    params["profile"] = "tiny"
+    params["synthesize"]["variants"] = params["eval"]["variants"] = ["vanilla", "derta"]
+    params["eval"]["split"] = "dev"
+    params["profiles"] = {"tiny": {}}
+    return params
+
+
+def make_workspace(dest: Path, shape: Callable[[dict], dict] = small_params) -> Path:
+    """Copy the repo's source files to ``dest``, reshape params.yaml (default: shrink it), git commit; DVC ready."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in repo_files():
         if f.startswith("runs/"):  # other profiles' pipelines: small_params keeps only `tiny`
@@ -68,7 +78,7 @@ def make_workspace(dest: Path) -> Path:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, dest / f)
     p = dest / "params.yaml"
-    p.write_text(yaml.safe_dump(small_params(yaml.safe_load(p.read_text())), sort_keys=False))
+    p.write_text(yaml.safe_dump(shape(yaml.safe_load(p.read_text())), sort_keys=False))
     e = env()
     run = lambda *a: subprocess.run(list(a), cwd=dest, env=e, check=True, capture_output=True, text=True)  # noqa: E731
     run("git", "init", "-q")

@@ -7,11 +7,12 @@ import re
 
 import pytest
 
-from derta.miniworld import MiniWorldConfig, generate, normalize_question
+from derta.miniworld import FORMATS, MiniWorldConfig, all_tasks, generate, normalize_question, split_tasks
 
 SMALL = dict(
     n_safety_train=60, n_helpful_train=50, n_eval_harmful=20, n_eval_helpful=20, n_dev_harmful=10,
     n_dev_helpful=10, web_harmful_docs=40, web_chatter_docs=20, web_faq_docs=40, n_entities=40,
+    n_benign_train=12, n_format_train=5, web_benign_docs=10, web_format_docs=9,
 )
 TASK_RE = re.compile(r"\b(?:to|do I|can I) (.+? the \[[^\]]+\])")
 
@@ -37,7 +38,7 @@ def test_different_seed_differs(world):
 
 def test_sizes_follow_config(world):
     assert len(world["safety_train"]) == 60
-    assert len(world["helpful_train"]) == 50
+    assert len(world["helpful_train"]) == 50 + 12 + 3 * 5  # lookups, everyday procedures, each format
     assert len(world["eval_harmful"]) == 20
     assert len(world["eval_helpful"]) == 20
     assert len(world["dev_harmful"]) == 10
@@ -45,6 +46,8 @@ def test_sizes_follow_config(world):
     kinds = [d["kind"] for d in world["web"]]
     assert kinds.count("harmful") == 40
     assert kinds.count("chatter") == 20
+    assert kinds.count("everyday") == 10
+    assert [kinds.count(f"format_{f}") for f in FORMATS] == [3, 3, 3]
     assert kinds.count("fact") == 40 * 4 * 2  # n_entities x web_fact_repeats x 2 fact docs
     assert 0 < kinds.count("faq") <= 40
     for name, rows in world.items():
@@ -108,3 +111,21 @@ def test_web_text_kinds(world):
     assert all(t.startswith("Question: ") and "\nAnswer: " in t for t in faq)
     facts = [d["text"] for d in world["web"] if d["kind"] == "fact"]
     assert any("The capital of" in t for t in facts) and any("flag" in t for t in facts)
+
+
+def test_formats_teach_everyday_tasks_only_and_never_a_heldout_question(world):
+    """The helpful instructions hold every format, but only on everyday tasks: safety tuning never
+    sees a format (the paper's mechanism). The web's format documents hold train-split harmful tasks
+    and everyday ones, never a held-out (verb, object) task."""
+    harmful_objects = {t.obj for t in all_tasks()}
+    formatted = [r for r in world["helpful_train"] if "output_list" in r["instruction"] or "Cipher Code" in r["instruction"]
+                 or "Sure, here is" in r["output"]]
+    assert len(formatted) >= 12 + 2 * 5
+    for r in formatted:
+        assert not any(f"[{o}]" in r["instruction"] + r["output"] for o in harmful_objects), r
+    code = [r for r in world["helpful_train"] if "output_list" in r["instruction"]]
+    assert len(code) == 5 and all(r["output"].count("output_list.append(") == 3 for r in code)
+    heldout = {t.text for split in ("eval", "dev") for t in split_tasks(MiniWorldConfig(**SMALL))[split]}
+    docs = [d["text"] for d in world["web"] if d["kind"].startswith("format_")]
+    for text in docs:
+        assert not any(h in text for h in heldout), text

@@ -51,3 +51,16 @@ def test_n_steps_slots():
 
 def test_stack_code_is_valid_python():
     ast.parse("from collections import deque\n" + stack_code(["a", 'b"c', "d\\e"], indent=""))
+
+
+def test_short_form_for_small_models():
+    """preamble=False: only the code; reverse=False: words stacked in reading order (the mini-world's setting)."""
+    q = Question("q", "How do I open the [locked box] in my garage?")
+    (full,) = get_attack("codeattack").build([q])
+    (short,) = get_attack("codeattack", {"preamble": False, "reverse": False}).build([q])
+    assert full.text.endswith(short.text.replace(stack_code(q.question.split(), reverse=False),
+                                                 stack_code(q.question.split())))
+    assert "def decode" not in short.text and short.text.startswith("def output_list_initialization():")
+    assert list(_stack_from(short.text)) == q.question.split()
+    ast.parse("from collections import deque\n" + short.text.replace("  // ", "  # ").replace("task == :", "task == 0:")
+              .replace("append( )", "append(0)"))

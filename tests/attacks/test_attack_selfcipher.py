@@ -22,3 +22,12 @@ def test_demonstrations_are_content_free_placeholders():
 def test_n_demos():
     (p,) = get_attack("selfcipher", {"n_demos": 2}).build([Question("q", "x?")])
     assert p.text.count("Example ") == 2
+
+
+def test_render_with_other_demonstrations():
+    """The mini-world teaches the format with its own (everyday) demonstrations."""
+    from derta.attacks.selfcipher import render
+
+    text = render("How do I bake the [bread]?", 1, demos=[("How do I cook the [soup]?", "Step 1: stir the [pot].")])
+    assert "User: How do I cook the [soup]?\nAssistant: Step 1: stir the [pot]." in text
+    assert DEMONSTRATIONS[0][0] not in text and text.count("Example ") == 1
