@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import Field
 
+from derta import live
 from derta.config import StepConfig
 
 
@@ -94,7 +95,8 @@ def train_dpo(cfg: DPOTrainConfig, model_path: str | Path, pairs: list[dict[str,
     args = dpo_arguments(cfg, out_dir)
     check_world_size(args)
     ds = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
-    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok)
+    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
+                         callbacks=[live.trainer_callback()])
     result = trainer.train()
     hist = trainer.state.log_history
     summary = {
@@ -113,6 +115,9 @@ def train_dpo(cfg: DPOTrainConfig, model_path: str | Path, pairs: list[dict[str,
     }
     tok.padding_side = "left"  # generation (steps.evaluate) pads on the left
     save_final_model(trainer, cfg, tok, out_dir / "model")
+    # Run times go to MLflow (the stage's live run), not into the DVC-hashed log.
+    hashed, timings = live.split_timings(summary)
+    live.log_metrics(timings)
     if trainer.is_world_process_zero():
-        write_json(out_dir / "train_log.json", summary)
+        write_json(out_dir / "train_log.json", hashed)
     return summary

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from derta import live
 from derta.config import StepConfig
 from derta.errors import ConfigError
 
@@ -395,7 +396,7 @@ def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], ou
     collator = DeRTaCollator(tokenizer.pad_token_id, refusal_id, cfg.rto_keep_ratio, seed=cfg.seed)
     trainer_cls = make_trainer_class()
     trainer = trainer_cls(model=model, args=args, train_dataset=ds, data_collator=collator,
-                          callbacks=[collator_epoch_callback(collator), *(callbacks or [])])
+                          callbacks=[collator_epoch_callback(collator), live.trainer_callback(), *(callbacks or [])])
     trainer.loss_impl, trainer.loss_chunk_size = loss_impl, cfg.loss_chunk_size
     resume = latest_checkpoint(out_dir) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=resume)
@@ -414,8 +415,11 @@ def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], ou
         "resumed_from": resume,
     }
     save_final_model(trainer, cfg, tokenizer, out_dir / "model")
+    # Run times go to MLflow (the stage's live run), not into the DVC-hashed log.
+    hashed, timings = live.split_timings(summary)
+    live.log_metrics(timings)
     if trainer.is_world_process_zero():
-        write_json(out_dir / "train_log.json", summary)
+        write_json(out_dir / "train_log.json", hashed)
     return summary
 
 

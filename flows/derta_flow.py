@@ -39,7 +39,10 @@ from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
+from derta import live, node
 from derta.io import write_text
 
 ENV = {"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false"}
@@ -202,25 +205,193 @@ def run_stage(stage: str, workdir: str) -> str:
 
 @flow(name="derta")
 def derta_flow(profile: str | None = None, variants: list[str] | None = None, attacks: dict[str, Any] | None = None,
-               judge: str | None = None, workdir: str = ".") -> dict[str, str]:
-    """Run the DeRTa pipeline: data, gates, pretraining, one training and evaluation per variant, reports, registry."""
+               judge: str | None = None, workdir: str = ".", nodes: str | None = None, max_parallel: int = 2,
+               remote: str | None = None, attempts: int = 3) -> dict[str, str]:
+    """Run the DeRTa pipeline: data, gates, pretraining, one training and evaluation per variant, reports, registry.
+
+    ``nodes`` (a deployment, ``derta-stage/stage``) fans the stages out to the
+    workers of its pool, at most ``max_parallel`` at once, through the DVC
+    ``remote`` (default: the checkout's default remote); a stage whose node
+    dies is sent again, up to ``attempts`` times. Without ``nodes`` every stage
+    runs here, one after another.
+    """
     wd = Path(workdir).resolve()
     check_tracking(os.environ.get("MLFLOW_TRACKING_URI"))
     logger = get_run_logger()
+    if nodes:
+        logger.info("DVC remote: %s", node.check_remote(wd, remote))  # before anything runs
     for item in clear_stale_locks(wd):
         logger.warning("cleared stale DVC lock: %s", item)
     # `variants` names the models to train and evaluate; "dpo" among them adds the DPO baseline.
     trained = [v for v in variants if v != "dpo"] if variants is not None else None
     params = apply_overrides(wd, {"profile": profile, "synthesize.variants": trained, "eval.variants": variants,
                                   "eval.attacks": attacks, "eval.judge": judge})
-    done: dict[str, str] = {}
-    for stage in stage_names(wd, params):
-        done[stage] = run_stage(stage, str(wd))
+    names = stage_names(wd, params)
+    parent = live.open_parent(params)  # every stage's live MLflow run is its child (env, here and on the nodes)
+    ok = False
+    try:
+        if nodes:
+            env = {**HEARTBEAT_ENV, **{k: os.environ[k] for k in (live.PARENT_ENV, live.EXPERIMENT_ENV) if k in os.environ}}
+            done = fan_out.with_options(task_runner=ThreadPoolTaskRunner(max_workers=max(1, max_parallel)))(
+                str(wd), names, nodes, remote, attempts, env)
+        else:
+            done = {stage: run_stage(stage, str(wd)) for stage in names}
+        ok = True
+    finally:
+        live.close_parent(parent, ok)
     from prefect.artifacts import create_table_artifact
 
     create_table_artifact(key="derta-stages", table=[{"stage": k, "status": v} for k, v in done.items()],
                           description="ran = computed by this run; cached = DVC found it done")
     return done
+
+
+# ---------------------------------------------------------------- fan-out across nodes
+
+@flow(name="derta-stage")
+def derta_stage(stage: str, files: dict[str, str], uncached: dict[str, dict[str, str]] | None = None,
+                commit: str | None = None, remote: str | None = None) -> str:
+    """One DVC stage on the node whose worker runs this (its checkout: ``derta.node.enter_checkout``).
+
+    The stage's ``dvc.lock`` entry and uncached outputs go back to the
+    calling flow as this run's ``derta-stage-result`` artifact.
+    """
+    from prefect.artifacts import create_table_artifact
+
+    result = node.run_stage(Path.cwd(), stage, files, uncached or {}, commit=commit, remote=remote)
+    get_run_logger().info("%s on %s: %s\n%s", stage, Path.cwd(), result["status"], result.pop("log"))
+    create_table_artifact(key=RESULT_KEY, table=[{"stage": stage, "status": result["status"], "checkout": str(Path.cwd()),
+                                                  "result": json.dumps(result)}],
+                          description="the stage's dvc.lock entry and uncached outputs (read by the derta flow)")
+    return result["status"]
+
+
+RESULT_KEY = "derta-stage-result"
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED", "CANCELLING")
+
+
+def _stage_result(flow_run_id: Any) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                                                                    key=ArtifactFilterKey(any_=[RESULT_KEY])))
+    if not arts:
+        raise RuntimeError(f"flow run {flow_run_id} completed without its {RESULT_KEY} artifact")
+    data = arts[0].data
+    rows = json.loads(data) if isinstance(data, str) else data
+    return json.loads(rows[0]["result"])
+
+
+@task(name="node-stage", cache_policy=NO_CACHE)
+def node_stage(stage: str, run: dict[str, Any], upstream: list[dict[str, Any]]) -> dict[str, Any]:
+    """Send one stage to a node (deployment ``run["nodes"]``); again when its node dies (run state CRASHED).
+
+    Returns what this stage and every stage before it produced: lock entries, uncached outputs, statuses.
+    """
+    from prefect.deployments import run_deployment
+
+    acc: dict[str, Any] = {"entries": {}, "uncached": {}, "status": {}}
+    for up in upstream:
+        for key in acc:
+            acc[key].update(up[key])
+    files = {**run["files"], "dvc.lock": yaml.safe_dump({"schema": "2.0", "stages": {**run["lock"], **acc["entries"]}},
+                                                       sort_keys=False)}
+    params = {"stage": stage, "files": files, "uncached": {**run["uncached"], **acc["uncached"]}, "commit": run["commit"],
+              "remote": run["remote"]}
+    logger = get_run_logger()
+    for attempt in range(1, run["attempts"] + 1):
+        fr = follow(run_deployment(run["nodes"], parameters=params, timeout=0, job_variables={"env": run["env"]},
+                                   flow_run_name=f"{stage} (attempt {attempt})").id)
+        state = fr.state.type.value if fr.state else "UNKNOWN"
+        if state == "COMPLETED":
+            result = _stage_result(fr.id)
+            acc["entries"][stage], acc["status"][stage] = result["entry"], result["status"]
+            acc["uncached"].update(result["uncached"])
+            return acc
+        if state != "CRASHED":
+            raise RuntimeError(f"stage {stage}: flow run {fr.name} ({fr.id}) ended {state}: {fr.state.message if fr.state else ''}")
+        logger.warning("stage %s: its node died (flow run %s crashed); sending it again (attempt %d of %d)",
+                       stage, fr.id, attempt + 1, run["attempts"])
+    raise RuntimeError(f"stage {stage}: every one of {run['attempts']} attempts crashed")
+
+
+@flow(name="derta-fan-out")
+def fan_out(workdir: str, names: list[str], nodes: str, remote: str | None, attempts: int,
+            env: dict[str, str]) -> dict[str, str]:
+    """The stages on the nodes, each as soon as the stages it reads are done; the results merged here."""
+    wd = Path(workdir)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE], cwd=wd, capture_output=True, text=True).stdout
+    if dirty.strip():
+        raise RuntimeError(f"{wd}: uncommitted code ({dirty.split()[1]} ...): nodes run the committed code; commit first")
+    run = {"nodes": nodes, "remote": remote, "attempts": attempts, "env": env, "commit": node.head_commit(wd), "lock": node.read_lock(wd),
+           "files": {f: (wd / f).read_text() for f in ("dvc.yaml", "params.yaml")},
+           # the uncached outputs this checkout has (from an earlier run): an unchanged stage finds its own and skips
+           "uncached": node.pack(wd, node.uncached_outs(wd, *names))}
+    upstream = node.plan(wd, names)
+    futures: dict[str, Any] = {}
+    for stage in names:  # dvc.yaml's order is a topological one (plan() checks every upstream came first)
+        if any(u not in futures for u in upstream[stage]):
+            raise RuntimeError(f"dvc.yaml: stage {stage} comes before a stage it reads ({upstream[stage]})")
+        futures[stage] = node_stage.submit(stage, run, [futures[u] for u in upstream[stage]])
+    results = [f.result() for f in futures.values()]
+    merged: dict[str, Any] = {"entries": {}, "uncached": {}, "status": {}}
+    for r in results:
+        for key in merged:
+            merged[key].update(r[key])
+    node.write_lock(wd, merged["entries"])
+    node.unpack(wd, merged["uncached"])
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "pull", *(["--remote", remote] if remote else []),
+                           *names], cwd=wd, env={**os.environ, **ENV}, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{wd}: dvc pull of the run's outputs failed:\n{proc.stderr[-4000:]}")
+    return {stage: merged["status"][stage] for stage in names}
+
+
+# Code every stage runs; a node checks out the run's commit, so these must be committed.
+CODE = ("steps", "derta", "flows", "dvc.yaml")
+# A stage run sends a heartbeat event every 30 s; one that sent none for 90 s while RUNNING lost its node.
+HEARTBEAT_ENV = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+ZOMBIE_AFTER_S = 90.0
+
+
+def follow(flow_run_id: Any, poll_s: float = 5.0, zombie_after_s: float = ZOMBIE_AFTER_S) -> Any:
+    """Wait for a stage run to end; a RUNNING one whose heartbeats stopped (its node died) is set CRASHED.
+
+    Only the runs this flow started are watched, so nothing else in the
+    workspace is touched (a blanket automation would crash any quiet run).
+    """
+    import time
+    from datetime import datetime, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        while True:
+            fr = client.read_flow_run(flow_run_id)
+            if fr.state and fr.state.is_final():
+                return fr
+            if fr.state and fr.state.is_running():
+                beat = last_heartbeat(client, flow_run_id) or fr.start_time
+                quiet = (datetime.now(timezone.utc) - beat).total_seconds() if beat else 0.0
+                if quiet > zombie_after_s:
+                    client.set_flow_run_state(flow_run_id, Crashed(message=f"no heartbeat for {quiet:.0f} s: its node died"),
+                                              force=True)
+                    continue
+            time.sleep(poll_s)
+
+
+def last_heartbeat(client: Any, flow_run_id: Any) -> Any:
+    """When the flow run last sent a heartbeat event (None if never)."""
+    from datetime import datetime
+
+    r = client.request("POST", "/events/filter", json={
+        "filter": {"event": {"name": ["prefect.flow-run.heartbeat"]}, "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}},
+        "limit": 5})
+    times = [datetime.fromisoformat(e["occurred"].replace("Z", "+00:00")) for e in r.json().get("events", [])]
+    return max(times) if times else None
 
 
 def main(argv: list[str] | None = None) -> None:

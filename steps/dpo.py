@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from derta import live
 from derta.config import load_params, step_config
 from derta.dpo import DPOTrainConfig, train_dpo
 from derta.io import read_jsonl
@@ -33,7 +34,10 @@ def main() -> None:
     p.add_argument("--out", required=True)
     a = p.parse_args()
     params = load_params(a.params)
-    s = run(step_config(DPOTrainConfig, params, "dpo", a.profile), step_config(ModelConfig, params, "model", a.profile), a.pairs, a.start, a.out)
+    cfg = step_config(DPOTrainConfig, params, "dpo", a.profile)
+    with live.stage_run("train_dpo", a.profile or params.get("profile", ""), params=cfg.model_dump(mode="json"),
+                        datasets={"pairs": a.pairs, "start": a.start}):
+        s = run(cfg, step_config(ModelConfig, params, "model", a.profile), a.pairs, a.start, a.out)
     print({k: s.get(k) for k in ("global_step", "train_loss", "train_runtime_s", "effective_batch")})
 
 

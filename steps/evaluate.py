@@ -54,7 +54,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from derta import overrefusal
+from derta import live, overrefusal
 from derta.alpacaeval import AlpacaEvalBenchConfig, alpacaeval_or_skip, read_items
 from derta.attacks import get_attack
 from derta.attacks.replay import PREFIX as RELEASE_PREFIX
@@ -304,6 +304,10 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
     all_pos = [p for ps in metrics["refusal_positions"].values() for p in ps]
     metrics["refusal_position"] = refusal_summary(all_pos)
     metrics["split"] = cfg.split
+    # Run times go to MLflow, not into metrics.json: two runs of a stage hash alike.
+    live.log_metrics({f"seconds_{k}": v for k, v in metrics.pop("seconds").items()})
+    live.log_metrics({f"asr_{k}": v for k, v in metrics["asr"].items() if v is not None}
+                     | {f"helpfulness_{k}": v for k, v in metrics["helpfulness"].items() if v is not None})
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -367,7 +371,12 @@ def main() -> None:
     section = resolve(params, "eval", a.profile)
     gen_keys = {k: None for k in ChatFormat("{q}", "", "", "").generation_fields()}
     inject(section.get("generation") or {}, gen_keys, "eval.generation")
-    m = run(EvalConfig.from_dict(section, where="params.yaml:eval"), a.model, a.source, a.out, chat_config(params, a.profile))
+    cfg = EvalConfig.from_dict(section, where="params.yaml:eval")
+    profile = a.profile or params.get("profile", "")
+    with live.stage_run(f"evaluate@{Path(a.model).name}", profile, params={"split": cfg.split, "judge": cfg.judge,
+                                                                           "attacks": ",".join(cfg.attacks)},
+                        datasets={"model": a.model, "source": a.source}):
+        m = run(cfg, a.model, a.source, a.out, chat_config(params, a.profile))
     print({"asr": m["asr"], "helpfulness": m["helpfulness"], "skipped": m["skipped"], "over_refusal": m["over_refusal"]["rate"],
            "refusal_position": m["refusal_position"]})
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import Field
 
+from derta import live
 from derta.config import StepConfig, load_params, step_config
 from derta.errors import ConfigError
 from derta.io import read_jsonl, sha256_file, write_json
@@ -90,7 +91,7 @@ def run(cfg: PretrainConfig, model_cfg: ModelConfig, src_dir: str | Path, tokeni
     n_params = sum(p.numel() for p in model.parameters())
     summary = train(tcfg, model, tok, examples, out_dir)
     summary["n_params"] = n_params
-    write_json(out_dir / "train_log.json", summary)
+    write_json(out_dir / "train_log.json", live.split_timings(summary)[0])
     return summary
 
 
@@ -101,7 +102,10 @@ def main() -> None:
     p.add_argument("--out", required=True)
     a = p.parse_args()
     params = load_params(a.params)
-    s = run(step_config(PretrainConfig, params, "pretrain", a.profile), step_config(ModelConfig, params, "model", a.profile), a.source, a.tokenizer, a.out)
+    cfg = step_config(PretrainConfig, params, "pretrain", a.profile)
+    with live.stage_run("pretrain", a.profile or params.get("profile", ""), params=cfg.model_dump(mode="json"),
+                        datasets={"web": str(Path(a.source) / "web.jsonl")}):
+        s = run(cfg, step_config(ModelConfig, params, "model", a.profile), a.source, a.tokenizer, a.out)
     print({k: s.get(k) for k in ("n_params", "global_step", "train_loss", "train_runtime_s", "train_tokens")})
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import Field
 
-from derta import tracking
+from derta import live, tracking
 from derta.config import StepConfig, load_params, step_config
 from derta.io import read_jsonl, write_json, write_jsonl
 from steps._common import entry, parser
@@ -92,13 +92,15 @@ def run(cfg: RegisterConfig, params: dict[str, Any], profile: str, variants: lis
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(cfg.experiment)
+    experiment = mlflow.set_experiment(cfg.experiment)
+    # The pipeline's parent run: the flow's, or the one this `dvc repro`'s first stage opened (derta/live.py).
+    parent_id = live.parent_run_id(mlflow.MlflowClient(), experiment.experiment_id, profile)
     reports = Path(reports_dir)
     summary = json.loads((reports / "summary.json").read_text())
     lineage = tracking.lineage_tags(profile, lock=lock)
     run_params = _flatten(profile_params(params, profile))
     result: dict[str, Any] = {"tracking_uri": tracking_uri(), "variants": {}}
-    with mlflow.start_run(run_name=f"pipeline-{profile}") as parent:
+    with mlflow.start_run(run_id=parent_id) as parent:
         _log_parent(reports, lineage, run_params)
         for name in variants:
             row = summary["variants"].get(name, {})

@@ -1,9 +1,12 @@
-"""Multi-seed reproduction: `make seeds` (default seeds 0 1 2).
+"""Multi-seed reproduction: `make seeds` (default seeds 0 1 2, two at a time).
 
-For each seed, ``dvc exp run -S data.seed=S -S synthesize.seed=S -S train.seed=S``
-re-runs the pipeline as a DVC experiment; the seed's ``reports/summary.json``
-is kept as ``reports/seeds/seed-S.json`` (a seed whose file exists is not
-rerun, so an interrupted run resumes). Then the mean and spread (population
+Each seed is queued as a DVC experiment named ``seed-S``
+(``dvc exp run --queue -S data.seed=S -S synthesize.seed=S -S train.seed=S``)
+and ``dvc queue start --jobs N`` runs them, N at once, each in its own
+temporary workspace: the user's workspace and params.yaml are not touched.
+The seed's ``reports/summary.json`` is read from the experiment's commit and
+kept as ``reports/seeds/seed-S.json`` (a seed whose file exists is not rerun,
+so an interrupted run resumes). Then the mean and spread (population
 standard deviation) of every ASR and helpfulness figure go to
 ``reports/seeds/summary.json`` and ``reports/seeds/summary.md``.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
 import statistics
 import subprocess
 import sys
@@ -48,26 +51,75 @@ def markdown(agg: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def queue_seeds(seeds: list[int], jobs: int, dvc: str, poll_s: float = 5.0) -> dict[int, dict[str, Any]]:
+    """Queue one experiment per seed, run them ``jobs`` at a time, return each one's ``reports/summary.json``."""
+    import time
+
+    from dvc.repo import Repo
+
+    for s in seeds:
+        subprocess.run([dvc, "exp", "remove", f"seed-{s}"], capture_output=True)  # an earlier, unfinished attempt
+        cmd = [dvc, "exp", "run", "--queue", "--name", f"seed-{s}", "-S", f"data.seed={s}", "-S", f"synthesize.seed={s}",
+               "-S", f"train.seed={s}"]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    # Queued experiments run in temporary copies of the workspace: a relative SQLite store would be lost with them.
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    subprocess.run([dvc, "queue", "start", "--jobs", str(jobs)], check=True)
+    names = {f"seed-{s}" for s in seeds}
+    try:
+        while True:
+            with Repo() as repo:
+                status = {t["name"]: t["status"] for t in repo.experiments.celery_queue.status() if t["name"] in names}
+            if status and all(v not in ("Queued", "Running") for v in status.values()):
+                break
+            time.sleep(poll_s)
+    finally:
+        subprocess.run([dvc, "queue", "stop"], capture_output=True)
+    failed = sorted(n for n, v in status.items() if v != "Success")
+    if failed:
+        raise SystemExit(f"seeds failed: {failed}; see dvc queue logs {failed[0]}")
+    return {s: json.loads(_git("show", f"{exp_commit(f'seed-{s}')}:reports/summary.json")) for s in seeds}
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout
+
+
+def exp_commit(name: str) -> str:
+    """The commit of the experiment ``name`` (its ref ``refs/exps/../<name>``; the newest if several)."""
+    refs = [line.split() for line in _git("for-each-ref", "--sort=-committerdate", "--format=%(refname) %(objectname)",
+                                          "refs/exps").splitlines()]
+    for ref, sha in refs:
+        if ref.rsplit("/", 1)[-1] == name:
+            return sha
+    raise SystemExit(f"no DVC experiment named {name} (dvc exp list)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=2, help="experiments at once (dvc queue start --jobs)")
     p.add_argument("--out", default="reports/seeds")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     dvc = str(Path(sys.executable).parent / "dvc")
     per_seed: dict[int, dict[str, Any]] = {}
+    todo = []
     for s in a.seeds:
         done = out / f"seed-{s}.json"
         if done.exists():  # resumable: a seed already summarised is not rerun
             per_seed[s] = json.loads(done.read_text())
-            continue
-        cmd = [dvc, "exp", "run", "-S", f"data.seed={s}", "-S", f"synthesize.seed={s}", "-S", f"train.seed={s}"]
-        print("+", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-        shutil.copy("reports/summary.json", out / f"seed-{s}.json")
-        per_seed[s] = json.loads(Path("reports/summary.json").read_text())
-    agg = aggregate(per_seed)
+        else:
+            todo.append(s)
+    if todo:
+        for s, summary in queue_seeds(todo, a.jobs, dvc).items():
+            write_json(out / f"seed-{s}.json", summary)
+            per_seed[s] = summary
+    agg = aggregate(dict(sorted(per_seed.items())))
     write_json(out / "summary.json", agg)
     write_text(out / "summary.md", markdown(agg))
     print(markdown(agg))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from derta import live
 from derta.chat import ChatConfig, ChatFormat, chat_config, inject
 from derta.config import load_params, resolve, step_config
 from derta.errors import ConfigError
@@ -52,7 +53,9 @@ def main() -> None:
     chat = chat_config(params, a.profile)
     tcfg = TrainConfig.from_dict(inject(resolve(params, a.section, a.profile), {"refusal_word": chat.refusal_word}, a.section),
                                  where=f"params.yaml:{a.section}")
-    s = run(tcfg, step_config(ModelConfig, params, "model", a.profile), a.data, a.base, a.out, chat)
+    with live.stage_run(f"train@{Path(a.out).name}", a.profile or params.get("profile", ""), params=tcfg.model_dump(mode="json"),
+                        datasets={"train": a.data, "base": a.base}):
+        s = run(tcfg, step_config(ModelConfig, params, "model", a.profile), a.data, a.base, a.out, chat)
     print({k: s.get(k) for k in ("global_step", "train_loss", "train_runtime_s", "effective_batch")})
 
 
