@@ -160,12 +160,14 @@ def check_remote(workdir: str | Path, name: str | None = None) -> str:
         url = repo.config["remote"][name]["url"]
         try:
             store = repo.cloud.get_remote(name)
-            ok = store.fs.exists(store.path)
+            # an object store has no empty "directories": its bucket must exist; a directory remote, the directory
+            local = store.fs.protocol in ("local", "file") or "local" in (store.fs.protocol or ())
+            store.fs.info(store.path if local else store.path.split("/", 1)[0])
+        except FileNotFoundError:
+            raise RemoteUnreachable(f"DVC remote {name!r} ({url}) does not exist (create it, or fix its url: "
+                                    f"dvc remote modify {name} url ...)") from None
         except Exception as err:  # noqa: BLE001 - any client error means the same to the user
             raise RemoteUnreachable(f"DVC remote {name!r} ({url}) is unreachable: {type(err).__name__}: {err}") from None
-        if not ok:
-            raise RemoteUnreachable(f"DVC remote {name!r} ({url}) does not exist (create it, or fix its url: "
-                                    f"dvc remote modify {name} url ...)")
         return url
 
 

@@ -354,10 +354,13 @@ CODE = ("steps", "derta", "flows", "dvc.yaml")
 # A stage run sends a heartbeat event every 30 s; one that sent none for 90 s while RUNNING lost its node.
 HEARTBEAT_ENV = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
 ZOMBIE_AFTER_S = 90.0
+PENDING_AFTER_S = 900.0  # a GPU node may pull a large image first
 
 
-def follow(flow_run_id: Any, poll_s: float = 5.0, zombie_after_s: float = ZOMBIE_AFTER_S) -> Any:
-    """Wait for a stage run to end; a RUNNING one whose heartbeats stopped (its node died) is set CRASHED.
+def follow(flow_run_id: Any, poll_s: float = 5.0, zombie_after_s: float = ZOMBIE_AFTER_S,
+           pending_after_s: float = PENDING_AFTER_S) -> Any:
+    """Wait for a stage run to end; one whose node died is set CRASHED: RUNNING with no heartbeat for
+    ``zombie_after_s``, or PENDING (taken by a worker, never started) for ``pending_after_s``.
 
     Only the runs this flow started are watched, so nothing else in the
     workspace is touched (a blanket automation would crash any quiet run).
@@ -373,12 +376,14 @@ def follow(flow_run_id: Any, poll_s: float = 5.0, zombie_after_s: float = ZOMBIE
             fr = client.read_flow_run(flow_run_id)
             if fr.state and fr.state.is_final():
                 return fr
-            if fr.state and fr.state.is_running():
-                beat = last_heartbeat(client, flow_run_id) or fr.start_time
-                quiet = (datetime.now(timezone.utc) - beat).total_seconds() if beat else 0.0
-                if quiet > zombie_after_s:
-                    client.set_flow_run_state(flow_run_id, Crashed(message=f"no heartbeat for {quiet:.0f} s: its node died"),
-                                              force=True)
+            # RUNNING: its heartbeats; PENDING (a worker took it, its process never started): how long it has waited.
+            limit = zombie_after_s if fr.state and fr.state.is_running() else pending_after_s
+            if fr.state and (fr.state.is_running() or fr.state.is_pending()):
+                since = (last_heartbeat(client, flow_run_id) if fr.state.is_running() else None) or fr.state.timestamp
+                quiet = (datetime.now(timezone.utc) - since).total_seconds() if since else 0.0
+                if quiet > limit:
+                    client.set_flow_run_state(flow_run_id, Crashed(message=f"no sign of life for {quiet:.0f} s "
+                                                                           f"({fr.state.type.value}): its node died"), force=True)
                     continue
             time.sleep(poll_s)
 

@@ -20,7 +20,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.pipeline_helpers import VENV_BIN, env, free_port, make_workspace, post_retrying, stop, wait_http
+from tests.pipeline_helpers import VENV_BIN, env, free_port, make_workspace, post_retrying, small_params, stop, wait_http
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.e2e]
 
@@ -59,12 +59,19 @@ def servers(tmp_path_factory):
             fh.close()
 
 
+def _shape(params: dict) -> dict:
+    """The small config, every training step logged (so the live MLflow run shows a loss per step)."""
+    params = small_params(params)
+    params["train"]["logging_steps"] = 1
+    return params
+
+
 class Cluster:
     """A workspace (the user's checkout, serving derta/full), its DVC remote, and one worker per node clone."""
 
     def __init__(self, root: Path, e: dict[str, str], n_nodes: int = 2):
         self.root, self.e, self.procs, self.logs = root, dict(e), {}, {}
-        self.ws = make_workspace(root / "ws")
+        self.ws = make_workspace(root / "ws", shape=_shape)
         self.remote = root / "remote"
         self.remote.mkdir()
         self.run("dvc", "remote", "add", "-d", "store", str(self.remote))
@@ -221,7 +228,9 @@ def test_fan_out_overlaps_matches_serial_and_reruns_nothing(tmp_path, servers):
             assert {"pretrain", "train@vanilla", "train@derta", "evaluate@vanilla", "evaluate@derta"} <= set(stages[opened_by])
         assert len(ml.search_runs([exp], "tags.`derta.opened_by` = 'first stage'")) == 1  # one parent per dvc repro
         train = stages["flow"]["train@derta"]
-        assert len(ml.get_metric_history(train.info.run_id, "loss")) >= 2
+        losses = ml.get_metric_history(train.info.run_id, "loss")
+        assert [m.step for m in losses] == list(range(1, len(losses) + 1)) and len(losses) >= 2  # one per step
+        assert {"loss_mle", "loss_rto"} <= set(train.data.metrics)
         assert "train_runtime" in train.data.metrics and train.inputs.dataset_inputs
         assert "seconds_direct" in stages["flow"]["evaluate@derta"].data.metrics
         print(f"\nfan-out {fan_out_s:.0f} s (2 nodes), serial dvc repro {serial_s:.0f} s, ratio {fan_out_s / serial_s:.2f}; "

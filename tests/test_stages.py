@@ -118,3 +118,33 @@ def test_editing_one_profile_changes_no_param_of_another(params):
             parent, _, leaf = key.rpartition(".")
             now = section(edited, parent).get(leaf) if parent else edited.get(key)
             assert _num(now) == _num(value), f"stage {name}: params.yaml:{key} would change"
+
+
+def test_dvc_status_after_editing_a_profile_shows_no_default_stage_changed(tmp_path):
+    """The real thing: the committed dvc.lock, `dvc status --json`, a profile's learning rate and eval edited (round-trip,
+    as a user would). Outputs are absent from the copy, so 'deleted' is all a stage may report; no params or code."""
+    import json
+    import shutil
+    import subprocess
+
+    from flows.derta_flow import apply_overrides
+    from tests.pipeline_helpers import VENV_BIN, env, repo_files
+
+    for f in [*repo_files(), "dvc.lock"]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, tmp_path / f)
+    run = lambda *a: subprocess.run(list(a), cwd=tmp_path, env=env(), check=True, capture_output=True, text=True).stdout  # noqa: E731
+    run("git", "init", "-q")
+    apply_overrides(tmp_path, {f"profiles.{PROFILE}.train.learning_rate": 1.0, f"profiles.{PROFILE}.eval.max_helpful": 7})
+    assert "learning_rate: 1.0" in (tmp_path / "params.yaml").read_text()
+    status = json.loads(run(str(VENV_BIN / "dvc"), "status", "--json", "dvc.yaml"))
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]
+    data = {o["path"] for e in lock.values() for o in e.get("outs", [])}  # other stages' outputs: absent from the copy
+    is_data = lambda path: any(path == d or path.startswith(d + "/") or d.startswith(path + "/") for d in data)  # noqa: E731
+    changed = {}
+    for stage, changes in status.items():
+        for change in (c for c in changes if isinstance(c, dict)):
+            for kind, what in change.items():
+                if kind == "changed params" or (kind == "changed deps" and any(not is_data(d) for d in what)):
+                    changed.setdefault(stage, []).append(change)
+    assert status and not changed, changed  # every stage reports its absent data; none a param or code change
