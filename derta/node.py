@@ -48,8 +48,10 @@ def _stages(workdir: Path) -> dict[str, Any]:
     """``dvc.yaml``'s stages (foreach expanded against params.yaml), by name."""
     from dvc.repo import Repo
 
+    pipeline = (Path(workdir) / PIPELINE).resolve()
     with Repo(str(workdir)) as repo:
-        return {s.addressing: s for s in repo.index.stages if s.dvcfile.relpath == PIPELINE}
+        return {s.name if s.dvcfile.relpath != PIPELINE else s.addressing: s for s in repo.index.stages
+                if Path(s.dvcfile.path).resolve() == pipeline}
 
 
 def _overlap(a: str, b: str) -> bool:
