@@ -72,7 +72,9 @@ def run(cfg: SelfAnswerConfig, gen: GenerationConfig, src_dir: str | Path, base_
     out = [{"id": f"self-{r['id']}", "instruction": r["instruction"], "output": text}
            for r, (text, _) in zip(rows, done) if text is not None]
     report = {"asked": len(rows), "kept": len(out), **{k: sum(how == k for _, how in done) for k in ("ended", "cut", "refused", "no_sentence")},
-              "max_new_tokens": cfg.max_new_tokens, "seconds": round(time.perf_counter() - t0, 1)}
+              "max_new_tokens": cfg.max_new_tokens}
+    # The run time is printed, not written: a DVC output that differs run to run would make every rerun look changed.
+    print(f"self_answer: {len(rows)} answers in {time.perf_counter() - t0:.1f} s")
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         write_jsonl(tmp / "helpful.jsonl", out)
