@@ -20,6 +20,7 @@ reports DVC leaves to git, ``cache: false``). The node
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -140,10 +141,14 @@ def read_lock(workdir: str | Path) -> dict[str, Any]:
     return (lock or {}).get("stages") or {}
 
 
+def lock_text(stages: dict[str, Any]) -> str:
+    """``dvc.lock`` (DVC's schema 2.0) holding ``stages``."""
+    return yaml.safe_dump({"schema": "2.0", "stages": stages}, sort_keys=False)
+
+
 def write_lock(workdir: str | Path, entries: dict[str, Any]) -> None:
-    """Merge stage entries into ``dvc.lock`` (DVC's schema 2.0); atomic."""
-    stages = {**read_lock(workdir), **entries}
-    write_text(Path(workdir) / LOCK, yaml.safe_dump({"schema": "2.0", "stages": stages}, sort_keys=False))
+    """Merge stage entries into ``dvc.lock``; atomic."""
+    write_text(Path(workdir) / LOCK, lock_text({**read_lock(workdir), **entries}))
 
 
 # ---------------------------------------------------------------- the remote
@@ -175,7 +180,7 @@ def check_remote(workdir: str | Path, name: str | None = None) -> str:
 
 # ---------------------------------------------------------------- one stage on this node
 
-def _dvc(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def dvc(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, **ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run([str(bin_dir / "dvc"), *args], cwd=workdir, env=env, capture_output=True, text=True)
@@ -201,8 +206,6 @@ def run_stage(workdir: str | Path, stage: str, files: dict[str, str], uncached: 
     if commit and head_commit(wd) != commit:
         raise ConfigError(f"{wd}: checkout is at {head_commit(wd)[:12]}, the run is at {commit[:12]} "
                           f"(git fetch && git checkout {commit[:12]})")
-    from flows.derta_flow import clear_stale_locks
-
     clear_stale_locks(wd)
     for rel, text in files.items():
         write_text(wd / rel, text)
@@ -210,10 +213,10 @@ def run_stage(workdir: str | Path, stage: str, files: dict[str, str], uncached: 
     remote_args = ["--remote", remote] if remote else []
     targets = pull_targets(wd, stage)
     if targets:
-        _dvc(wd, "pull", *remote_args, *targets)
-    _dvc(wd, "pull", "--allow-missing", *remote_args, stage, check=False)  # its own outs, if already computed
-    proc = _dvc(wd, "repro", "--single-item", stage)
-    _dvc(wd, "push", *remote_args, stage)
+        dvc(wd, "pull", *remote_args, *targets)
+    dvc(wd, "pull", "--allow-missing", *remote_args, stage, check=False)  # its own outs, if already computed
+    proc = dvc(wd, "repro", "--single-item", stage)
+    dvc(wd, "push", *remote_args, stage)
     return {"status": "cached" if "didn't change, skipping" in proc.stdout else "ran",
             "entry": read_lock(wd)[stage], "uncached": pack(wd, uncached_outs(wd, stage)), "log": proc.stdout[-4000:]}
 
@@ -230,3 +233,55 @@ def enter_checkout() -> dict[str, str]:
                           "DERTA_CHECKOUT=/path/to/its/clone prefect worker start --pool derta-nodes --limit 1")
     os.chdir(path)
     return {"directory": path}
+
+
+def clear_stale_locks(workdir: Path) -> list[str]:
+    """Remove what a killed ``dvc repro`` left in ``.dvc/tmp``; return what was removed.
+
+    DVC drops an rwlock entry whose pid is dead by itself (dvc/rwlock.py), and
+    its repo lock (``.dvc/tmp/lock``, an fcntl lock) dies with the process.
+    Two leftovers it does not handle: an entry whose pid now belongs to another
+    process (containers restart pids from 1) and an rwlock file cut short by a
+    kill during DVC's in-place rewrite (every later run then fails with
+    "RWLock-file ... corrupted"). Touches nothing while the repo lock is held,
+    i.e. while a dvc command runs in this workspace.
+    """
+    import psutil
+    import zc.lockfile
+
+    tmp = workdir / ".dvc" / "tmp"
+    path = tmp / "rwlock"
+    if not path.exists():
+        return []
+    try:
+        guard = zc.lockfile.LockFile(str(tmp / "lock"))
+    except zc.lockfile.LockError:
+        return []
+    try:
+        try:
+            lock = json.loads(path.read_text(encoding="utf-8") or "{}")
+        except (ValueError, UnicodeDecodeError):
+            path.unlink()
+            return [f"{path} (corrupted)"]
+
+        def live_dvc(info: dict[str, Any]) -> bool:
+            try:
+                return any("dvc" in part for part in psutil.Process(int(info["pid"])).cmdline())
+            except (psutil.Error, KeyError, TypeError, ValueError):
+                return False
+
+        removed: list[str] = []
+        for mode in ("read", "write"):
+            for out, infos in list((lock.get(mode) or {}).items()):
+                many = isinstance(infos, list)
+                keep = [i for i in (infos if many else [infos]) if live_dvc(i)]
+                removed += [f"{mode} {out} (pid {i.get('pid')}: {i.get('cmd')})" for i in (infos if many else [infos]) if i not in keep]
+                if not keep:
+                    del lock[mode][out]
+                else:
+                    lock[mode][out] = keep if many else keep[0]
+        if removed:
+            write_text(path, json.dumps(lock))
+        return removed
+    finally:
+        guard.close()

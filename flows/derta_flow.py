@@ -43,9 +43,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from derta import live, node
+from derta.node import ENV, clear_stale_locks  # noqa: F401 - clear_stale_locks: the flow's, kept importable here
 from derta.io import write_text
 
-ENV = {"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def stage_names(workdir: Path, params: dict[str, Any]) -> list[str]:
@@ -136,58 +136,6 @@ def check_tracking(uri: str | None) -> None:
         httpx.get(uri.rstrip("/") + "/health", timeout=5.0)
     except httpx.HTTPError as err:
         raise RuntimeError(f"MLflow tracking server {uri} is unreachable: {err}") from None
-
-
-def clear_stale_locks(workdir: Path) -> list[str]:
-    """Remove what a killed ``dvc repro`` left in ``.dvc/tmp``; return what was removed.
-
-    DVC drops an rwlock entry whose pid is dead by itself (dvc/rwlock.py), and
-    its repo lock (``.dvc/tmp/lock``, an fcntl lock) dies with the process.
-    Two leftovers it does not handle: an entry whose pid now belongs to another
-    process (containers restart pids from 1) and an rwlock file cut short by a
-    kill during DVC's in-place rewrite (every later run then fails with
-    "RWLock-file ... corrupted"). Touches nothing while the repo lock is held,
-    i.e. while a dvc command runs in this workspace.
-    """
-    import psutil
-    import zc.lockfile
-
-    tmp = workdir / ".dvc" / "tmp"
-    path = tmp / "rwlock"
-    if not path.exists():
-        return []
-    try:
-        guard = zc.lockfile.LockFile(str(tmp / "lock"))
-    except zc.lockfile.LockError:
-        return []
-    try:
-        try:
-            lock = json.loads(path.read_text(encoding="utf-8") or "{}")
-        except (ValueError, UnicodeDecodeError):
-            path.unlink()
-            return [f"{path} (corrupted)"]
-
-        def live_dvc(info: dict[str, Any]) -> bool:
-            try:
-                return any("dvc" in part for part in psutil.Process(int(info["pid"])).cmdline())
-            except (psutil.Error, KeyError, TypeError, ValueError):
-                return False
-
-        removed: list[str] = []
-        for mode in ("read", "write"):
-            for out, infos in list((lock.get(mode) or {}).items()):
-                many = isinstance(infos, list)
-                keep = [i for i in (infos if many else [infos]) if live_dvc(i)]
-                removed += [f"{mode} {out} (pid {i.get('pid')}: {i.get('cmd')})" for i in (infos if many else [infos]) if i not in keep]
-                if not keep:
-                    del lock[mode][out]
-                else:
-                    lock[mode][out] = keep if many else keep[0]
-        if removed:
-            write_text(path, json.dumps(lock))
-        return removed
-    finally:
-        guard.close()
 
 
 @task(name="dvc-stage")
@@ -296,8 +244,7 @@ def node_stage(stage: str, run: dict[str, Any], upstream: list[dict[str, Any]]) 
     for up in upstream:
         for key in acc:
             acc[key].update(up[key])
-    files = {**run["files"], "dvc.lock": yaml.safe_dump({"schema": "2.0", "stages": {**run["lock"], **acc["entries"]}},
-                                                       sort_keys=False)}
+    files = {**run["files"], "dvc.lock": node.lock_text({**run["lock"], **acc["entries"]})}
     params = {"stage": stage, "files": files, "uncached": {**run["uncached"], **acc["uncached"]}, "commit": run["commit"],
               "remote": run["remote"]}
     logger = get_run_logger()
@@ -342,10 +289,7 @@ def fan_out(workdir: str, names: list[str], nodes: str, remote: str | None, atte
             merged[key].update(r[key])
     node.write_lock(wd, merged["entries"])
     node.unpack(wd, merged["uncached"])
-    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "pull", *(["--remote", remote] if remote else []),
-                           *names], cwd=wd, env={**os.environ, **ENV}, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{wd}: dvc pull of the run's outputs failed:\n{proc.stderr[-4000:]}")
+    node.dvc(wd, "pull", *(["--remote", remote] if remote else []), *names)  # the run's outputs, into this checkout
     return {stage: merged["status"][stage] for stage in names}
 
 
