@@ -19,6 +19,8 @@ import os
 import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,37 +53,70 @@ def markdown(agg: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def queue_seeds(seeds: list[int], jobs: int, dvc: str, poll_s: float = 5.0) -> dict[int, dict[str, Any]]:
+def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s: float = 5.0) -> dict[int, dict[str, Any]]:
     """Queue one experiment per seed, run them ``jobs`` at a time, return each one's ``reports/summary.json``."""
-    import time
-
-    from dvc.repo import Repo
-
     for s in seeds:
-        subprocess.run([dvc, "exp", "remove", f"seed-{s}"], capture_output=True)  # an earlier, unfinished attempt
-        cmd = [dvc, "exp", "run", "--queue", "--name", f"seed-{s}", "-S", f"data.seed={s}", "-S", f"synthesize.seed={s}",
-               "-S", f"train.seed={s}"]
-        print("+", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        _run(dvc, "exp", "remove", f"seed-{s}", check=False)  # an earlier, unfinished attempt
+        _run(dvc, "exp", "run", "--queue", "--name", f"seed-{s}", "-S", f"data.seed={s}", "-S", f"synthesize.seed={s}",
+             "-S", f"train.seed={s}")
     # Queued experiments run in temporary copies of the workspace: a relative SQLite store would be lost with them.
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
-    subprocess.run([dvc, "queue", "start", "--jobs", str(jobs)], check=True)
     names = {f"seed-{s}" for s in seeds}
     try:
-        while True:
-            with Repo() as repo:
-                status = {t["name"]: t["status"] for t in repo.experiments.celery_queue.status() if t["name"] in names}
-            if status and all(v not in ("Queued", "Running") for v in status.values()):
-                break
-            time.sleep(poll_s)
+        status = supervise(names, lambda: _run(dvc, "queue", "start", "--jobs", str(jobs)), queue_status,
+                           timeout_s=timeout_s, poll_s=poll_s)
     finally:
-        subprocess.run([dvc, "queue", "stop"], capture_output=True)
+        _run(dvc, "queue", "stop", check=False)
     failed = sorted(n for n, v in status.items() if v != "Success")
     if failed:
-        raise SystemExit(f"seeds failed: {failed}; see dvc queue logs {failed[0]}")
+        raise SystemExit(f"seeds failed: {failed}; see `dvc queue logs {failed[0]}`")
     return {s: json.loads(_git("show", f"{exp_commit(f'seed-{s}')}:reports/summary.json")) for s in seeds}
+
+
+def queue_status(names: set[str]) -> dict[str, str]:
+    """DVC's status ("Queued", "Running", "Success", "Failed", ...) of the experiments ``names``."""
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        return {t["name"]: t["status"] for t in repo.experiments.celery_queue.status() if t["name"] in names}
+
+
+def supervise(names: set[str], start: Callable[[], object], status_of: Callable[[set[str]], dict[str, str]], *,
+              timeout_s: float, poll_s: float = 5.0, idle_s: float = 60.0) -> dict[str, str]:
+    """Start the queue's workers and wait until no experiment of ``names`` is queued or running.
+
+    DVC's workers sometimes exit, or never pick a task up, while experiments are still queued
+    (treeverse/dvc#10562, #10829): when experiments stay queued with none running for ``idle_s``,
+    the workers are started again (what those issues' users do by hand). Past ``timeout_s`` the wait
+    ends with an error that shows every experiment's status.
+    """
+    start()
+    begun = time.monotonic()
+    idle_since: float | None = None
+    while True:
+        status = status_of(names)
+        queued = [n for n, v in status.items() if v == "Queued"]
+        running = [n for n, v in status.items() if v == "Running"]
+        if len(status) == len(names) and not queued and not running:
+            return status
+        now = time.monotonic()
+        idle_since = (idle_since or now) if queued and not running else None
+        if idle_since is not None and now - idle_since >= idle_s:
+            print(f"[seeds] {sorted(queued)} queued with no experiment running for {idle_s:.0f} s: starting the workers again",
+                  flush=True)
+            start()
+            idle_since = None
+        if now - begun > timeout_s:
+            raise SystemExit(f"seeds did not finish within {timeout_s:.0f} s: {status}; see `dvc queue status` and "
+                             f"`dvc queue logs <name>`")
+        time.sleep(poll_s)
+
+
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    print(f"[seeds {time.strftime('%H:%M:%S')}] + dvc", " ".join(cmd[1:]), flush=True)
+    return subprocess.run(list(cmd), check=check, timeout=600)
 
 
 def _git(*args: str) -> str:
@@ -103,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2, help="experiments at once (dvc queue start --jobs)")
     p.add_argument("--out", default="reports/seeds")
+    p.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait for the queued experiments")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             todo.append(s)
     if todo:
-        for s, summary in queue_seeds(todo, a.jobs, dvc).items():
+        for s, summary in queue_seeds(todo, a.jobs, dvc, a.timeout).items():
             write_json(out / f"seed-{s}.json", summary)
             per_seed[s] = summary
     agg = aggregate(dict(sorted(per_seed.items())))

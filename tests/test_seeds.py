@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from steps.seeds import aggregate, markdown
+from steps.seeds import aggregate, markdown, supervise
 from tests.pipeline_helpers import env, init_mlflow_store, make_workspace
 
 
@@ -25,6 +25,45 @@ def test_aggregate_mean_and_spread():
     assert "20.0 ± 8.2" in markdown(agg)
 
 
+def _fake_queue(*states):
+    """A queue whose status walks through ``states`` (the last one repeats), counting worker starts."""
+    seen = {"starts": 0, "polls": 0}
+
+    def status(names):
+        i = min(seen["polls"], len(states) - 1)
+        seen["polls"] += 1
+        return dict(states[i])
+
+    return seen, (lambda: seen.__setitem__("starts", seen["starts"] + 1)), status
+
+
+def test_supervise_returns_when_every_experiment_has_ended():
+    seen, start, status = _fake_queue({"seed-0": "Queued", "seed-1": "Queued"}, {"seed-0": "Running", "seed-1": "Running"},
+                                      {"seed-0": "Success", "seed-1": "Failed"})
+    assert supervise({"seed-0", "seed-1"}, start, status, timeout_s=60, poll_s=0) == {"seed-0": "Success", "seed-1": "Failed"}
+    assert seen["starts"] == 1
+
+
+def test_supervise_restarts_workers_that_left_experiments_queued():
+    """treeverse/dvc#10562: the workers exit with experiments still queued; starting them again picks those up."""
+    seen, start, status = _fake_queue({"seed-0": "Success", "seed-1": "Queued"}, {"seed-0": "Success", "seed-1": "Queued"},
+                                      {"seed-0": "Success", "seed-1": "Running"}, {"seed-0": "Success", "seed-1": "Success"})
+    assert supervise({"seed-0", "seed-1"}, start, status, timeout_s=60, poll_s=0, idle_s=0)["seed-1"] == "Success"
+    assert seen["starts"] >= 2
+
+
+def test_supervise_does_not_restart_while_an_experiment_runs():
+    seen, start, status = _fake_queue(*[{"seed-0": "Running", "seed-1": "Queued"}] * 5, {"seed-0": "Success", "seed-1": "Success"})
+    supervise({"seed-0", "seed-1"}, start, status, timeout_s=60, poll_s=0, idle_s=0)
+    assert seen["starts"] == 1
+
+
+def test_supervise_gives_up_after_its_timeout_naming_each_status():
+    seen, start, status = _fake_queue({"seed-0": "Running"})
+    with pytest.raises(SystemExit, match=r"within 0 s: \{'seed-0': 'Running'\}"):
+        supervise({"seed-0"}, start, status, timeout_s=0, poll_s=0)
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.timeout(1800)
@@ -34,8 +73,8 @@ def test_make_seeds_queues_experiments_and_leaves_the_workspace_alone(tmp_path):
     init_mlflow_store(uri)
     before = (ws / "params.yaml").read_text()
     e = env(MLFLOW_TRACKING_URI=uri, DERTA_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ws))
-    proc = subprocess.run([sys.executable, "-m", "steps.seeds", "--seeds", "0", "1", "--jobs", "2"], cwd=ws, env=e,
-                          capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "steps.seeds", "--seeds", "0", "1", "--jobs", "2", "--timeout", "1200"]
+    proc = subprocess.run(cmd, cwd=ws, env=e, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     agg = json.loads((ws / "reports" / "seeds" / "summary.json").read_text())
     assert agg["seeds"] == [0, 1]
