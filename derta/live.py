@@ -10,7 +10,10 @@ and reused by the later ones of the same ``dvc repro`` process
 
 Nothing here writes into a stage's outputs: run times and hosts go to
 MLflow only, so two runs of a stage hash alike (:func:`split_timings`).
-Tracking is on when ``MLFLOW_TRACKING_URI`` is set (the Makefile sets it).
+The store is ``MLFLOW_TRACKING_URI``, by default ``sqlite:///mlflow.db`` in the
+working directory (:func:`tracking_uri`, the one place for that default).
+The ``register`` stage registers from these runs (:func:`find_stage_run`): it
+writes no run of its own.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ EXPERIMENT_ENV = "DERTA_MLFLOW_EXPERIMENT"
 STATE = Path(".dvc") / "tmp" / "derta-mlflow-parent.json"
 # What the HF Trainer logs that differs run to run: kept out of train_log.json.
 RUNTIME_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second")
+RESPONSES = "responses.jsonl"  # eval/<variant>/ file, logged as the evaluate run's eval/ artifact; re-scoring reads it
 
 
 def split_timings(summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -59,8 +63,12 @@ def experiment_name() -> str:
         return "derta"
 
 
-def enabled() -> bool:
-    return bool(os.environ.get("MLFLOW_TRACKING_URI"))
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri() -> str:
+    """The MLflow store every stage logs to: ``MLFLOW_TRACKING_URI``, else a SQLite file in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
 def _dvc_repro_pid() -> tuple[int, float] | None:
@@ -114,14 +122,15 @@ def _inputs(datasets: dict[str, str]) -> list[tuple[str, Any]]:
 
 
 def dvc_hash(path: Path) -> str | None:
-    """DVC's hash of ``path``: the md5 ``dvc.lock`` records for it as an output, else a file's md5 (as DVC computes it)."""
+    """DVC's hash of ``path``: the md5 a ``dvc.lock`` (the default pipeline's or a profile's, ``runs/*/dvc.lock``)
+    records for it as an output, else a file's md5 (as DVC computes it)."""
     import hashlib
 
     import yaml
 
-    lock = Path("dvc.lock")
-    stages = ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}) if lock.is_file() else {}
-    for entry in stages.values():
+    locks = [lock for lock in (Path("dvc.lock"), *sorted(Path("runs").glob("*/dvc.lock"))) if lock.is_file()]
+    stages = [e for lock in locks for e in ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}).values()]
+    for entry in stages:
         for out in entry.get("outs") or []:
             if out.get("path") == path.as_posix() and out.get("md5"):
                 return out["md5"]
@@ -136,19 +145,25 @@ def dvc_hash(path: Path) -> str | None:
 
 @contextmanager
 def stage_run(stage: str, profile: str, params: dict[str, Any] | None = None,
-              datasets: dict[str, str] | None = None) -> Iterator[Any]:
-    """The stage's MLflow run while it runs (``None`` when tracking is off); a child of the pipeline's parent run."""
-    if not enabled() or int(os.environ.get("RANK", "0")) != 0:  # one run per stage: rank 0's
+              datasets: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """The stage's MLflow run while it runs (``None`` on ranks other than 0); a child of the pipeline's parent run.
+
+    Tagged ``derta.stage``, ``derta.profile``, ``derta.host``, ``derta.variant`` (the part of ``stage`` after
+    ``@``) and ``tags``.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:  # one run per stage: rank 0's
         yield None
         return
     import mlflow
 
+    mlflow.set_tracking_uri(tracking_uri())
     experiment = mlflow.set_experiment(experiment_name())
     client = mlflow.MlflowClient()
     parent = parent_run_id(client, experiment.experiment_id, profile)
     with mlflow.start_run(run_name=stage, nested=False, log_system_metrics=True,
                           tags={"mlflow.parentRunId": parent, "derta.stage": stage, "derta.profile": profile,
-                                "derta.host": os.uname().nodename}) as run:
+                                "derta.host": os.uname().nodename, "derta.variant": stage.partition("@")[2],
+                                **(tags or {})}) as run:
         try:
             if params:
                 mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
@@ -160,9 +175,7 @@ def stage_run(stage: str, profile: str, params: dict[str, Any] | None = None,
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Log to the active stage run, if tracking is on."""
-    if not enabled():
-        return
+    """Log to the active stage run, if there is one (rank 0 inside :func:`stage_run`)."""
     import mlflow
 
     if mlflow.active_run() is not None and metrics:
@@ -182,12 +195,11 @@ def trainer_callback() -> Any:
     return LiveLosses()
 
 
-def open_parent(params: dict[str, Any]) -> str | None:
-    """The flow's parent run for this pipeline run (None when tracking is off); its id goes to every stage."""
-    if not enabled():
-        return None
+def open_parent(params: dict[str, Any]) -> str:
+    """The flow's parent run for this pipeline run; its id goes to every stage."""
     import mlflow
 
+    mlflow.set_tracking_uri(tracking_uri())
     experiment = (params.get("register") or {}).get("experiment") or "derta"
     os.environ[EXPERIMENT_ENV] = experiment
     exp = mlflow.set_experiment(experiment)
@@ -202,3 +214,72 @@ def close_parent(run_id: str | None, ok: bool) -> None:
         import mlflow
 
         mlflow.MlflowClient().set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def find_stage_run(client: Any, experiment_id: str, profile: str, stages: list[str], tags: dict[str, str] | None = None,
+                   parent: str | None = None) -> Any:
+    """The newest finished run of one of ``stages`` for ``profile`` with ``tags``, or None.
+
+    A run under ``parent`` (this pipeline run's) wins over an older pipeline run's, which is what a stage that
+    DVC skipped as unchanged left.
+    """
+    conds = [f"tags.`derta.profile` = '{profile}'", "attributes.status = 'FINISHED'"]
+    conds += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
+    found = [r for stage in stages
+             for r in client.search_runs([experiment_id], " and ".join([*conds, f"tags.`derta.stage` = '{stage}'"]),
+                                         order_by=["attributes.start_time DESC"], max_results=50)]
+    found.sort(key=lambda r: (r.data.tags.get("mlflow.parentRunId") == parent, r.info.start_time), reverse=True)
+    return found[0] if found else None
+
+
+def log_eval(eval_dir: Path, source_dir: str | Path | None, split: str) -> None:
+    """An evaluation's ``metrics.json`` and responses (with question text, which re-scoring needs) as ``eval/`` artifacts
+    of the active run."""
+    import tempfile
+
+    import mlflow
+
+    from derta.io import read_jsonl, write_jsonl
+
+    if mlflow.active_run() is None:
+        return
+    if (eval_dir / "metrics.json").exists():
+        mlflow.log_artifact(str(eval_dir / "metrics.json"), artifact_path="eval")
+    if (eval_dir / RESPONSES).exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / RESPONSES
+            write_jsonl(out, with_questions(read_jsonl(eval_dir / RESPONSES), source_dir, split))
+            mlflow.log_artifact(str(out), artifact_path="eval")
+
+
+def with_questions(records: list[dict[str, Any]], source_dir: str | Path | None, split: str) -> list[dict[str, Any]]:
+    """Response records with ``question`` joined from ``<source>/<split>_harmful.jsonl`` by ``question_id``."""
+    from derta.io import read_jsonl
+
+    qfile = Path(source_dir) / f"{split}_harmful.jsonl" if source_dir else None
+    if qfile is None or not qfile.exists():
+        return records
+    text = {r["id"]: r["question"] for r in read_jsonl(qfile, {"id": str, "question": str}, unique_key="id")}
+    return [r if "question" in r or r.get("question_id") not in text else {**r, "question": text[r["question_id"]]}
+            for r in records]
+
+
+REPORTS = ("summary.json", "ablation.md", "refusal_position.png")
+
+
+def log_reports(profile: str, reports: Path) -> str:
+    """The report stage's files (``reports/``) and one success metric per validation report, on the parent run."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    parent = parent_run_id(client, mlflow.set_experiment(experiment_name()).experiment_id, profile)
+    for f in REPORTS:
+        if (reports / f).exists():
+            client.log_artifact(parent, str(reports / f), artifact_path="reports")
+    for p in sorted((reports / "validation").glob("*.json")) if (reports / "validation").exists() else []:
+        client.log_artifact(parent, str(p), artifact_path="validation")
+        ok = all(e.get("success") for e in json.loads(p.read_text()).values())  # every suite of the gate report passed
+        client.log_metric(parent, f"validation.{p.stem}.success", float(ok))
+    return parent
+

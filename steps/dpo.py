@@ -35,7 +35,7 @@ def main() -> None:
     a = p.parse_args()
     params = load_params(a.params)
     cfg = step_config(DPOTrainConfig, params, "dpo", a.profile)
-    with live.stage_run("train_dpo", a.profile or params.get("profile", ""), params=cfg.model_dump(mode="json"),
+    with live.stage_run(f"train_dpo@{Path(a.out).name}", a.profile or params.get("profile", ""), params=cfg.model_dump(mode="json"),
                         datasets={"pairs": a.pairs, "start": a.start}):
         s = run(cfg, step_config(ModelConfig, params, "model", a.profile), a.pairs, a.start, a.out)
     print({k: s.get(k) for k in ("global_step", "train_loss", "train_runtime_s", "effective_batch")})

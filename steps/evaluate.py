@@ -373,10 +373,13 @@ def main() -> None:
     inject(section.get("generation") or {}, gen_keys, "eval.generation")
     cfg = EvalConfig.from_dict(section, where="params.yaml:eval")
     profile = a.profile or params.get("profile", "")
+    # derta.model_md5 (the model's hash in dvc.lock) lets `register` find the run that evaluated this very model.
     with live.stage_run(f"evaluate@{Path(a.model).name}", profile, params={"split": cfg.split, "judge": cfg.judge,
                                                                            "attacks": ",".join(cfg.attacks)},
-                        datasets={"model": a.model, "source": a.source}):
+                        datasets={"model": a.model, "source": a.source},
+                        tags={"derta.model_md5": live.dvc_hash(Path(a.model)) or ""}):
         m = run(cfg, a.model, a.source, a.out, chat_config(params, a.profile))
+        live.log_eval(Path(a.out), a.source, cfg.split)
     print({"asr": m["asr"], "helpfulness": m["helpfulness"], "skipped": m["skipped"], "over_refusal": m["over_refusal"]["rate"],
            "refusal_position": m["refusal_position"]})
 

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from derta import live
 from derta.config import load_params
 from derta.io import atomic_path, write_json, write_text
 from steps._common import entry, parser
@@ -226,6 +227,7 @@ def main() -> None:
 
     variants = a.variants or list(resolve(params, "eval", a.profile).get("variants") or [])
     s = run(profile, {v: Path(a.eval_root) / v for v in variants}, a.out)
+    live.log_reports(profile, Path(a.out))
     print(json.dumps({n: v["asr"] for n, v in s["variants"].items()}))
 
 

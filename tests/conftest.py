@@ -1,8 +1,22 @@
-"""Session fixtures shared by the end-to-end tests (make test-all)."""
+"""Session fixtures: a tracking store outside the repository; the real model for the end-to-end tests (make test-all)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tracking_store(tmp_path_factory):
+    """Stages log to MLflow always (default sqlite:///mlflow.db in the working directory): when the suite runs without
+    MLFLOW_TRACKING_URI (plain pytest rather than make test), point it at a store in a temp dir, not the repository."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        yield
+        return
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")

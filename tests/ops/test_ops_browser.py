@@ -1,5 +1,5 @@
 """The MLflow UI of the ops session's server in headless Chromium: the `derta` experiment,
-a variant run with its ASR metrics, the registered model with its alias.
+the DeRTa evaluation run with the ASR metrics it logged, the registered model with its alias.
 Screenshots go to test-artifacts/ (gitignored)."""
 
 from __future__ import annotations
@@ -51,16 +51,16 @@ def test_mlflow_ui_shows_experiment_run_metrics_and_champion(browser, pipeline_r
     ml = pipeline_run["ml"]
     client = MlflowClient(tracking_uri=ml)
     exp = client.get_experiment_by_name("derta")
-    run = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("derta.variant") == "derta")
+    run = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("derta.stage") == "evaluate@derta")
     mv = client.get_model_version_by_alias("derta-tiny", "champion")
 
     browser.get(f"{ml}/#/experiments")
     _wait_text(browser, "derta", "mlflow-experiments")
 
     browser.get(f"{ml}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}")
-    _wait_text(browser, "asr.completingattack", "mlflow-run-derta")
+    _wait_text(browser, "asr_completingattack", "mlflow-run-evaluate-derta")  # logged by the stage while it ran
     body = browser.find_element("tag name", "body").text
-    assert "asr.direct" in body
+    assert "asr_direct" in body
 
     browser.get(f"{ml}/#/models/derta-tiny")
     _wait_text(browser, "champion", "mlflow-model-derta-tiny")

@@ -1,8 +1,9 @@
 """Stage `register` + derta/tracking.py: promotion gate, lineage, model card, secrets.
 
-One module-scoped registry (SQLite store in tmp, no server): a tiny model is
-registered four times with four fake ``summary.json`` files, so the gate is
-seen promoting and refusing for both reasons. An LLM-judge call with a fake
+One module-scoped registry (SQLite store in tmp, no server): four pipeline
+runs, each with the training and evaluation runs the stages log while they
+run (derta.live), register a tiny model with four fake ``summary.json``
+files, so the gate is seen promoting and refusing for both reasons. An LLM-judge call with a fake
 key runs against a local stub server in the same scope; the secrets test then
 scans the store for the key.
 """
@@ -54,6 +55,24 @@ FAKE_LOCK = {"schema": "2.0", "stages": {
 }}
 
 
+def pipeline_runs(mp: pytest.MonkeyPatch, variants: list[str], eval_root: Path | None = None,
+                  source: Path | None = None) -> str:
+    """What one pipeline run leaves in the store before `register`: the parent run (as the flow opens it) and, per
+    variant, the runs train@<variant> and evaluate@<variant> log while they run. Returns the parent's id."""
+    from derta import live
+
+    mp.setenv(live.PARENT_ENV, "-")  # open_parent sets both; the monkeypatch removes them afterwards
+    mp.setenv(live.EXPERIMENT_ENV, "-")
+    parent = live.open_parent({"profile": "tiny", "register": {"experiment": "derta"}})
+    for v in variants:
+        with live.stage_run(f"train@{v}", "tiny", params={"lr": 0.1}):
+            live.log_metrics({"loss": 1.0}, step=1)
+        with live.stage_run(f"evaluate@{v}", "tiny", tags={"derta.model_md5": live.dvc_hash(Path("models") / v) or ""}):
+            if eval_root is not None:
+                live.log_eval(eval_root / v, source, "eval")
+    return parent
+
+
 def make_tiny_model(root: Path) -> Path:
     """<root>/derta/model: a 2-layer Llama + BPE tokenizer trained on mini-world web text."""
     from derta.miniworld import MiniWorldConfig, generate
@@ -99,8 +118,9 @@ def registry(tmp_path_factory):
                 rep = wd / f"reports{i}"
                 rep.mkdir()
                 (rep / "summary.json").write_text(json.dumps(_summary(asr, helpful)))
-                results.append(run(RegisterConfig(), params, "tiny", ["vanilla", "derta"], models, wd / "eval", rep,
-                                   rep / "registry.json"))
+                parent = pipeline_runs(mp, ["vanilla", "derta"])
+                results.append(run(RegisterConfig(), params, "tiny", ["vanilla", "derta"], models, rep, rep / "registry.json"))
+                assert results[-1]["parent_run_id"] == parent
             lines.append(_judge_with_key())
         finally:
             logging.getLogger().removeHandler(handler)
@@ -234,8 +254,9 @@ def gate_store(tmp_path, monkeypatch):
         (tmp_path / f"eval{i}" / "derta").mkdir(parents=True)
         (tmp_path / f"eval{i}" / "derta" / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RESPONSES))
         p = {**params, "eval": {**params["eval"], "judge": judge}}
-        return register.run(register.RegisterConfig(), p, "tiny", ["derta"], tmp_path / "models", tmp_path / f"eval{i}",
-                            tmp_path / f"reports{i}", tmp_path / f"reports{i}" / "registry.json", tmp_path / "source")
+        pipeline_runs(monkeypatch, ["derta"], tmp_path / f"eval{i}", tmp_path / "source")
+        return register.run(register.RegisterConfig(), p, "tiny", ["derta"], tmp_path / "models", tmp_path / f"reports{i}",
+                            tmp_path / f"reports{i}" / "registry.json")
 
     return register_version, MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
 
@@ -243,7 +264,7 @@ def gate_store(tmp_path, monkeypatch):
 def test_gate_rescores_a_champion_judged_by_another_judge(gate_store):
     register_version, client = gate_store
     assert register_version({"direct": 0.0, "prefill": 0.0}, _scoring("guideline"))["alias"] == "champion"
-    stored = client.download_artifacts(client.get_model_version(NAME, "1").run_id, "eval/responses.jsonl")
+    stored = client.download_artifacts(client.get_model_version(NAME, "1").tags["eval_run_id"], "eval/responses.jsonl")
     assert [json.loads(x)["question"] for x in Path(stored).read_text().splitlines()][:2] == [q["question"] for q in QUESTIONS]
     # Raw, 16.04 > 0.0 would refuse it; re-judged with keyword the champion's responses score 50.0.
     res = register_version({"direct": 16.04, "prefill": 16.04}, _scoring("keyword"), judge="keyword")
@@ -304,25 +325,52 @@ def test_register_promotes_and_refuses(registry):
 
 
 @pytest.mark.slow
-def test_lineage_on_parent_and_child_runs_and_model_card(registry):
+def test_register_writes_no_run_and_registers_from_the_stage_runs(registry):
+    """The version's source is its training run (which holds the model and card), its responses are the evaluation
+    run's; the parent run carries lineage and params; register opened no run of its own."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=registry["uri"])
     res = registry["results"][1]
     parent = client.get_run(res["parent_run_id"])
-    children = [client.get_run(r) for r in res["variants"].values()]
-    for r in (parent, *children):
-        t = r.data.tags
-        assert t["derta.git_commit"] == registry["commit"]
-        assert t["derta.profile"] == "tiny"
-        assert t["derta.dvc.out.data/source"] == "aaa111.dir" and t["derta.dvc.out.models/base"] == "bbb222.dir"
-        assert r.data.params["train.rto_keep_ratio"] and r.data.params["profile"] == "tiny"
+    assert parent.info.status == "FINISHED"
+    t = parent.data.tags
+    assert t["derta.git_commit"] == registry["commit"] and t["derta.profile"] == "tiny"
+    assert t["derta.dvc.out.data/source"] == "aaa111.dir" and t["derta.dvc.out.models/base"] == "bbb222.dir"
+    assert parent.data.params["train.rto_keep_ratio"] and parent.data.params["profile"] == "tiny"
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["derta.stage"] for r in children) == ["evaluate@derta", "evaluate@vanilla", "train@derta",
+                                                                     "train@vanilla"]
+    by_stage = {r.data.tags["derta.stage"]: r.info.run_id for r in children}
+    assert res["variants"] == {v: {"train": by_stage[f"train@{v}"], "evaluate": by_stage[f"evaluate@{v}"]}
+                               for v in ("vanilla", "derta")}
     mv = client.get_model_version(NAME, res["version"])
+    assert mv.run_id == res["run_id"] == by_stage["train@derta"] and mv.tags["eval_run_id"] == by_stage["evaluate@derta"]
     assert mv.tags["dvc.out.models/base"] == "bbb222.dir" and mv.tags["git_commit"] == registry["commit"]
     assert "| variant |" in mv.description and "| derta | 10.0 | 20.0 | 15.0 | 47.0 |" in mv.description
     assert "**champion**" in mv.description
     card = client.download_artifacts(res["run_id"], "model_card.md", str(registry["wd"] / "dl"))
     assert Path(card).read_text() == mv.description
+    assert client.get_metric_history(res["run_id"], "loss")[0].value == 1.0  # the training run's own, not a replay
+    train = client.get_run(res["run_id"])
+    assert train.info.status == "FINISHED" and train.info.end_time < client.get_run(by_stage["evaluate@derta"]).info.start_time
+
+
+def test_register_names_a_missing_evaluation_run(tmp_path, monkeypatch):
+    import mlflow
+
+    from steps.register import RegisterConfig, run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "summary.json").write_text(json.dumps(_summary({"direct": 1.0}, 50.0)))
+    pipeline_runs(monkeypatch, ["vanilla"])  # derta was never evaluated against this store
+    with pytest.raises(Exception, match=r"no finished MLflow run of evaluate@derta .*dvc repro -f evaluate@derta"):
+        run(RegisterConfig(), yaml.safe_load((REPO / "params.yaml").read_text()), "tiny", ["vanilla", "derta"],
+            tmp_path / "models", tmp_path / "r", tmp_path / "r" / "registry.json")
+    assert not (tmp_path / "r" / "registry.json").exists()
 
 
 @pytest.mark.slow
