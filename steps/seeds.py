@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from derta import live
 from derta.io import write_json, write_text
 
 
@@ -60,17 +61,21 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
         _run(dvc, "exp", "run", "--queue", "--name", f"seed-{s}", "-S", f"data.seed={s}", "-S", f"synthesize.seed={s}",
              "-S", f"train.seed={s}")
     # Queued experiments run in temporary copies of the workspace: a relative SQLite store would be lost with them.
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    uri = live.tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     names = {f"seed-{s}" for s in seeds}
     try:
         status = supervise(names, lambda: _run(dvc, "queue", "start", "--jobs", str(jobs)), queue_status,
                            timeout_s=timeout_s, poll_s=poll_s)
+    except SystemExit:
+        _print_logs(dvc, sorted(names))
+        raise
     finally:
         _run(dvc, "queue", "stop", check=False)
     failed = sorted(n for n, v in status.items() if v != "Success")
     if failed:
+        _print_logs(dvc, failed)
         raise SystemExit(f"seeds failed: {failed}; see `dvc queue logs {failed[0]}`")
     return {s: json.loads(_git("show", f"{exp_commit(f'seed-{s}')}:reports/summary.json")) for s in seeds}
 
@@ -112,6 +117,17 @@ def supervise(names: set[str], start: Callable[[], object], status_of: Callable[
             raise SystemExit(f"seeds did not finish within {timeout_s:.0f} s: {status}; see `dvc queue status` and "
                              f"`dvc queue logs <name>`")
         time.sleep(poll_s)
+
+
+def _print_logs(dvc: str, names: list[str], lines: int = 40) -> None:
+    """The end of each experiment's log (``dvc queue logs``), so a failure shows its cause where it is reported."""
+    for name in names:
+        try:
+            out = subprocess.run([dvc, "queue", "logs", name], capture_output=True, text=True, timeout=120)
+            text = out.stdout + out.stderr
+        except subprocess.TimeoutExpired:
+            text = "(dvc queue logs did not answer within 120 s)"
+        print(f"----- dvc queue logs {name} (last {lines} lines)", *text.splitlines()[-lines:], sep="\n", file=sys.stderr)
 
 
 def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -74,7 +74,11 @@ def test_make_seeds_queues_experiments_and_leaves_the_workspace_alone(tmp_path):
     before = (ws / "params.yaml").read_text()
     e = env(MLFLOW_TRACKING_URI=uri, DERTA_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ws))
     cmd = [sys.executable, "-m", "steps.seeds", "--seeds", "0", "1", "--jobs", "2", "--timeout", "1200"]
-    proc = subprocess.run(cmd, cwd=ws, env=e, capture_output=True, text=True, timeout=1500)
+    try:
+        proc = subprocess.run(cmd, cwd=ws, env=e, capture_output=True, text=True, timeout=1500)
+    except subprocess.TimeoutExpired as exc:  # its output is bytes whatever text= says
+        pytest.fail(f"make seeds still running after 1500 s:\n{(exc.stdout or b'')[-3000:].decode(errors='replace')}\n"
+                    f"{(exc.stderr or b'')[-3000:].decode(errors='replace')}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     agg = json.loads((ws / "reports" / "seeds" / "summary.json").read_text())
     assert agg["seeds"] == [0, 1]
