@@ -60,10 +60,6 @@ class RegisterConfig(StepConfig):
         20.0, ge=0, description="Promotion gate: max over-refusal rise (points) vs reference_variant.")
 
 
-def tracking_uri() -> str:
-    return live.tracking_uri()
-
-
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():
@@ -89,8 +85,9 @@ def run(cfg: RegisterConfig, params: dict[str, Any], profile: str, variants: lis
         reports_dir: str | Path, out_file: str | Path, lock: str | Path = "dvc.lock") -> dict[str, Any]:
     """Register ``cfg.register_variant`` from its pipeline runs; tag and close the parent run. Writes ``out_file``."""
     import mlflow
+    from mlflow.entities import Param, RunTag
 
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(live.tracking_uri())
     client = mlflow.MlflowClient()
     experiment = mlflow.set_experiment(cfg.experiment)
     # The pipeline's parent run: the flow's, or the one this `dvc repro`'s first stage opened (derta/live.py).
@@ -99,18 +96,16 @@ def run(cfg: RegisterConfig, params: dict[str, Any], profile: str, variants: lis
     lineage = tracking.lineage_tags(profile, lock=lock)
     runs = {name: stage_runs(client, experiment.experiment_id, profile, name, Path(models_root) / name, parent_id)
             for name in variants}
-    result: dict[str, Any] = {"tracking_uri": tracking_uri(), "parent_run_id": parent_id,
+    result: dict[str, Any] = {"tracking_uri": live.tracking_uri(), "parent_run_id": parent_id,
                               "variants": {n: {k: (r.info.run_id if r else None) for k, r in rs.items()} for n, rs in runs.items()}}
     name = cfg.register_variant
     if name in runs:
         if runs[name]["evaluate"] is None:
             raise ConfigError(f"register: no finished MLflow run of evaluate@{name} (profile {profile or '-'}) evaluated "
                               f"{Path(models_root) / name} as dvc.lock records it, in experiment {cfg.experiment} at "
-                              f"{tracking_uri()}: run `dvc repro -f evaluate@{name}` against this store")
+                              f"{live.tracking_uri()}: run `dvc repro -f evaluate@{name}` against this store")
         row = summary["variants"].get(name, {})
         result.update(_register(cfg, params, profile, name, row, summary, lineage, Path(models_root), runs[name]))
-    from mlflow.entities import Param, RunTag
-
     client.log_batch(parent_id, params=[Param(k, x) for k, x in _flatten(profile_params(params, profile)).items()],
                      tags=[RunTag(k, x) for k, x in lineage.items()])
     client.set_terminated(parent_id, "FINISHED")
@@ -199,7 +194,7 @@ def download_model(uri: str, dst: Path) -> Path:
 
     try:
         root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst / "artifact"),
-                                                        tracking_uri=tracking_uri(), registry_uri=tracking_uri()))
+                                                        tracking_uri=live.tracking_uri(), registry_uri=live.tracking_uri()))
     except MlflowException as err:
         raise ConfigError(f"{uri}: {err.message.splitlines()[0]} "
                           "(registry: MLFLOW_TRACKING_URI, default sqlite:///mlflow.db)") from None
