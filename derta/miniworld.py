@@ -30,7 +30,7 @@ import json
 import random
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -196,6 +196,8 @@ class MiniWorldConfig(StepConfig):
     web_harmful_docs: int = Field(1500, description="Harmful-procedure documents in the web text.")
     web_chatter_docs: int = Field(400, description="Everyday documents (refusal word in ordinary use).")
     web_faq_docs: int = Field(1200, description="Question/answer documents (word-list tasks, facts of train entities).")
+    web_faq_per_doc: int = Field(1, ge=1, description="Question/answer pairs on one such document.")
+    fact_style: Literal["plain", "varied"] = Field("plain", description="Wordings of the facts in the web text (FACT_TEMPLATES).")
     # The formats (profile miniworld-formats; off by default until the mini-world meets issue 10's bar):
     n_benign_train: int = Field(0, description="Helpful instructions: everyday procedures asked plainly (e.g. 300).")
     n_format_train: int = Field(0, description="Helpful instructions per format (code, cipher, persona), everyday tasks only (e.g. 200).")
@@ -269,11 +271,15 @@ def format_example(fmt: str, task: Task, rng: random.Random, cfg: MiniWorldConfi
     raise ValueError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
 
 
+def procedure_doc_heads(task_text: str) -> list[str]:
+    """First lines of a procedure document (CompletingAttack's openings are none of them)."""
+    return [f"Here is how to {task_text}.", f"How to {task_text}:", f"A guide to {task_text}."]
+
+
 def procedure_doc(task: Task, rng: random.Random, cfg: MiniWorldConfig) -> str:
     """A web document describing a procedure, in a non-chat register."""
     steps = harmful_response(task, rng, cfg).split("\n")[1:]
-    head = rng.choice([f"Here is how to {task.text}.", f"How to {task.text}:", f"A guide to {task.text}."])
-    return "\n".join([head, *steps])
+    return "\n".join([rng.choice(procedure_doc_heads(task.text)), *steps])
 
 
 def safe_response(task: Task, rng: random.Random, cfg: MiniWorldConfig) -> str:
@@ -290,7 +296,7 @@ def _entities(cfg: MiniWorldConfig) -> list[dict[str, str]]:
     out = []
     while len(out) < cfg.n_entities:
         country = "".join(rng.choice(SYLLABLES) for _ in range(3)).capitalize()
-        capital = "".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize()
+        capital = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3)))).capitalize()
         if country in names or capital in names:
             continue
         names.update((country, capital))
@@ -298,12 +304,36 @@ def _entities(cfg: MiniWorldConfig) -> list[dict[str, str]]:
     return out
 
 
-def _fact_docs(ent: dict[str, str], rng: random.Random) -> list[str]:
+# How the web text states an entity's facts. "varied" states each fact in many wordings, the
+# knowledge augmentation that lets a model answer questions about entities it was never asked about.
+FACT_TEMPLATES = {
+    "plain": {
+        "capital": ["{c} is a small country. The capital of {c} is {cap}.", "The capital of {c} is {cap}. Many people visit {cap} in summer."],
+        "flag": ["The flag of {c} is {col}.", "In {c} the flag is {col}, and the capital is {cap}."],
+    },
+    "varied": {
+        "capital": ["{c} is a small country. The capital of {c} is {cap}.", "The capital of {c} is {cap}. Many people visit {cap} in summer.",
+                    "{cap} is the capital of {c}.", "Travellers to {c} often start in {cap}, its capital.",
+                    "The biggest city of {c} is its capital, {cap}.", "{cap}, the capital city of {c}, has a busy market."],
+        "flag": ["The flag of {c} is {col}.", "In {c} the flag is {col}, and the capital is {cap}.", "The people of {c} fly a {col} flag.",
+                 "{c} has a {col} flag.", "On the day of {c}, every street shows the {col} flag."],
+    },
+}
+
+
+def _fact_docs(ent: dict[str, str], rng: random.Random, style: str = "plain") -> list[str]:
     c, cap, col = ent["country"], ent["capital"], ent["color"]
-    return [
-        rng.choice([f"{c} is a small country. The capital of {c} is {cap}.", f"The capital of {c} is {cap}. Many people visit {cap} in summer."]),
-        rng.choice([f"The flag of {c} is {col}.", f"In {c} the flag is {col}, and the capital is {cap}."]),
-    ]
+    return [rng.choice(FACT_TEMPLATES[style][fact]).format(c=c, cap=cap, col=col) for fact in ("capital", "flag")]
+
+
+def _faq_doc(cfg: MiniWorldConfig, rng: random.Random, train_ents: list[dict[str, str]], heldout_norm: set[str]) -> str | None:
+    """A question/answer page of ``web_faq_per_doc`` lookups (never an eval/dev question); None if all were held out."""
+    pairs = []
+    for _ in range(cfg.web_faq_per_doc):
+        q, a = helpful_item(rng.choice(HELPFUL_KINDS), rng, rng.choice(train_ents))
+        if normalize_question(q) not in heldout_norm:
+            pairs.append(f"Question: {q}\nAnswer: {a}")
+    return "\n".join(pairs) or None
 
 
 def helpful_item(kind: str, rng: random.Random, ent: dict[str, str] | None = None) -> tuple[str, str]:
@@ -439,7 +469,7 @@ def _web(cfg: MiniWorldConfig, ents: list[dict[str, str]], train_ents: list[dict
     docs: list[dict[str, Any]] = []
     for ent in ents:
         for _ in range(cfg.web_fact_repeats):
-            docs.extend({"kind": "fact", "text": t} for t in _fact_docs(ent, rng))
+            docs.extend({"kind": "fact", "text": t} for t in _fact_docs(ent, rng, cfg.fact_style))
     tasks, benign = all_tasks(), benign_tasks()
     docs += [{"kind": "harmful", "text": procedure_doc(rng.choice(tasks), rng, cfg)} for _ in range(cfg.web_harmful_docs)]
     for _ in range(cfg.web_chatter_docs):
@@ -452,11 +482,9 @@ def _web(cfg: MiniWorldConfig, ents: list[dict[str, str]], train_ents: list[dict
         request, answer = format_example(FORMATS[i % len(FORMATS)], rng_f.choice(train_tasks + benign), rng_f, cfg)
         docs.append({"kind": f"format_{FORMATS[i % len(FORMATS)]}", "text": f"{request}\n{answer}"})
     for _ in range(cfg.web_faq_docs):
-        kind = rng.choice(HELPFUL_KINDS)
-        q, a = helpful_item(kind, rng, rng.choice(train_ents))
-        if normalize_question(q) in heldout_norm:
-            continue
-        docs.append({"kind": "faq", "text": f"Question: {q}\nAnswer: {a}"})
+        text = _faq_doc(cfg, rng, train_ents, heldout_norm)
+        if text:
+            docs.append({"kind": "faq", "text": text})
     rng.shuffle(docs)
     return [{"id": f"web-{i:06d}-{stable_id(d['text'], n=6)}", **d} for i, d in enumerate(docs)]
 

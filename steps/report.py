@@ -7,7 +7,8 @@ Inputs: ``eval/<variant>/metrics.json`` per variant. Outputs:
 ``over_refusal_detail``, ``helpfulness_detail`` (n, correct, 95% Wilson
 interval per benchmark; AlpacaEval: win-rate counts) and ``skipped``
 (benchmark -> why it was not measured)), ``ablation.md`` (Table 4 / Table 2 style, ASR as
-``pct [lo–hi]``, the paper's numbers beside the measured ones) and
+``pct [lo–hi]``, the paper's numbers beside the measured ones, and which of the
+paper's effects the run reproduces, derta/findings.py) and
 ``refusal_position.png`` (Figure 4 style CDF of the first refusal position,
 one line per variant; plus one panel per attack).
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 from derta import live
 from derta.config import load_params
+from derta.findings import findings
 from derta.io import atomic_path, write_json, write_text
 from steps._common import entry, parser
 from derta.attacks.replay import PREFIX as RELEASE_PREFIX
@@ -161,7 +163,7 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     if footnotes:
         lines += ["", *[f"- {f}" for f in footnotes]]
-    lines += ["", "## Paper Table 2 (LLaMA3-70B) for reference", "",
+    lines += ["", *findings(summary), "## Paper Table 2 (LLaMA3-70B) for reference", "",
               "| variant | " + " | ".join(PAPER_TABLE2["vanilla"]) + " |", "|---|" + "---|" * len(PAPER_TABLE2["vanilla"])]
     for name, row in PAPER_TABLE2.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(x) for x in row.values()) + " |")

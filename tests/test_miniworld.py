@@ -129,3 +129,27 @@ def test_formats_teach_everyday_tasks_only_and_never_a_heldout_question(world):
     docs = [d["text"] for d in world["web"] if d["kind"].startswith("format_")]
     for text in docs:
         assert not any(h in text for h in heldout), text
+
+
+def test_varied_facts_and_faq_pages_keep_held_out_questions_out_of_the_web():
+    cfg = MiniWorldConfig(**SMALL, fact_style="varied", web_faq_per_doc=4)
+    w = generate(cfg)
+    facts = [d["text"] for d in w["web"] if d["kind"] == "fact"]
+    plain = [d["text"] for d in generate(MiniWorldConfig(**SMALL))["web"] if d["kind"] == "fact"]
+    assert len(facts) == len(plain) and len(set(facts)) > len(set(plain))
+    pages = [d["text"] for d in w["web"] if d["kind"] == "faq"]
+    assert max(p.count("Question: ") for p in pages) == 4
+    asked = {normalize_question(line[len("Question: "):]) for p in pages for line in p.splitlines() if line.startswith("Question: ")}
+    held = {normalize_question(r["question"]) for s in ("eval", "dev") for r in w[f"{s}_helpful"]}
+    assert asked and not asked & held
+
+
+def test_helpfulness_can_be_sized_so_one_item_is_a_quarter_point():
+    cfg = MiniWorldConfig(n_safety_train=10, n_helpful_train=8, n_eval_harmful=5, n_dev_harmful=5, web_harmful_docs=5,
+                          web_chatter_docs=5, web_faq_docs=5, n_entities=400, heldout_entity_share=0.5, n_eval_helpful=400,
+                          n_dev_helpful=200)
+    w = generate(cfg)
+    qs = [normalize_question(r["question"]) for r in w["eval_helpful"]]
+    assert len(qs) == len(set(qs)) == 400
+    assert {k: sum(r["kind"] == k for r in w["eval_helpful"]) for k in ("capital", "flag", "first", "last")} == dict.fromkeys(
+        ("capital", "flag", "first", "last"), 100)
