@@ -12,7 +12,9 @@ from derta.train import DeRTaCollator, TrainConfig, accumulation_steps
 
 # Losses of the first 4 logged steps of the tiny run below (CPU, torch/transformers as pinned
 # in constraints.txt). A change here means training changed: check why before re-pinning.
-PINNED_LOSSES = [6.238438606262207, 6.228606224060059, 6.1493144035339355, 6.148786544799805]
+# Re-pinned 2026-12-02: the mini-world's capitals became 2-3 syllables (issue 10), so the world's text and the
+# tokenizer trained on it changed; the run stayed deterministic (the two runs below agree).
+PINNED_LOSSES = [6.222760200500488, 6.2382893562316895, 6.155540943145752, 6.158099174499512]
 
 
 def _feat(ids, labels, rto):
