@@ -33,15 +33,22 @@ def _verdict(ok: bool) -> str:
     return "reproduced" if ok else "**not reproduced**"
 
 
-def attack_lines(variants: dict[str, dict[str, Any]]) -> list[str]:
+def _vanilla_derta(variants: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
     van, der = variants.get("vanilla"), variants.get("derta")
-    if not van or not der:
+    return (van, der) if van and der else None
+
+
+def _pairs(van: dict[str, float | None], der: dict[str, float | None], keys: Any) -> list[tuple[str, float, float]]:
+    """(key, vanilla's, DeRTa's) for each key both measured."""
+    return [(k, van[k], der[k]) for k in keys if van.get(k) is not None and der.get(k) is not None]
+
+
+def attack_lines(variants: dict[str, dict[str, Any]]) -> list[str]:
+    pair = _vanilla_derta(variants)
+    if not pair:
         return []
     out = []
-    for a in SIX_ATTACKS:
-        v, d = van["asr"].get(a), der["asr"].get(a)
-        if v is None or d is None:
-            continue
+    for a, v, d in _pairs(pair[0]["asr"], pair[1]["asr"], SIX_ATTACKS):
         if v < BITES:
             out.append(f"- {a}: **not reproduced**: the attack does not bite the vanilla model "
                        f"(ASR {v:.1f}% < {BITES:.0f}%), so it cannot show what DeRTa adds.")
@@ -75,14 +82,11 @@ def ordering_lines(variants: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def helpfulness_lines(variants: dict[str, dict[str, Any]]) -> list[str]:
-    van, der = variants.get("vanilla"), variants.get("derta")
-    if not van or not der:
+    pair = _vanilla_derta(variants)
+    if not pair:
         return []
     out = []
-    for bench, v in sorted(van["helpfulness"].items()):
-        d = der["helpfulness"].get(bench)
-        if v is None or d is None:
-            continue
+    for bench, v, d in _pairs(pair[0]["helpfulness"], pair[1]["helpfulness"], sorted(pair[0]["helpfulness"])):
         if v < HELPFUL_MIN:
             out.append(f"- Helpfulness ({bench}): **not reproduced**: vanilla answers only {v:.1f}% "
                        f"(< {HELPFUL_MIN:.0f}%), too few for \"DeRTa keeps helpfulness\" to mean much (DeRTa {d:.1f}%).")
@@ -93,9 +97,10 @@ def helpfulness_lines(variants: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def position_lines(variants: dict[str, dict[str, Any]]) -> list[str]:
-    van, der = variants.get("vanilla"), variants.get("derta")
-    if not van or not der:
+    pair = _vanilla_derta(variants)
+    if not pair:
         return []
+    van, der = pair
     v0, d0 = van["refusal_position"]["share_at_0"], der["refusal_position"]["share_at_0"]
     vm, dm = van["refusal_position"]["median"], der["refusal_position"]["median"]
     if None in (v0, d0, vm, dm):

@@ -216,17 +216,10 @@ class CompletingAttackConfig(StepConfig):
             raise ValueError("rewrite must be 'rule' or 'llm'")
         return v
 
-    @field_validator("template")
+    @field_validator("template", "templates")
     @classmethod
-    def _slot(cls, v: str | None) -> str | None:
-        if v is not None and "{task}" not in v:
-            raise ValueError("template must contain '{task}'")
-        return v
-
-    @field_validator("templates")
-    @classmethod
-    def _slots(cls, v: list[str]) -> list[str]:
-        bad = [t for t in v if "{task}" not in t]
+    def _slot(cls, v: str | list[str] | None) -> str | list[str] | None:
+        bad = [t for t in ([v] if isinstance(v, str) else v or []) if "{task}" not in t]
         if bad:
             raise ValueError(f"every template must contain '{{task}}': {bad[0]!r} does not")
         return v
