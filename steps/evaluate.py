@@ -61,8 +61,9 @@ from derta.attacks.replay import PREFIX as RELEASE_PREFIX
 from derta.attacks.base import Attack, AttackPrompt, Question, Target
 from derta.chat import ChatConfig, ChatFormat, chat_config, inject
 from derta.config import StepConfig, load_params, resolve
-from derta.errors import DataError
+from derta.errors import ConfigError, DataError
 from derta.generate import GenerationConfig, check_backend, format_prompt, load_target
+from derta.miniworld import source_slots
 from derta.helpfulness import SCORERS, accuracy_detail, benchmark_of, get_scorer
 from derta.io import atomic_path, read_jsonl, write_json, write_jsonl
 from derta.judges import JUDGES, get_judge
@@ -159,10 +160,17 @@ def refusal_token_position(tokenizer, response: str, char: int | None) -> int | 
     return len(offsets)
 
 
-def _judge(name: str, cfg_dict: dict[str, Any], refusal_word: str) -> Judge:
-    """Judge ``name``; a judge that reads a refusal word gets ``chat.refusal_word`` (the one place)."""
-    if name in JUDGES and "refusal_word" in JUDGES[name].Config.model_fields:
+def _judge(name: str, cfg_dict: dict[str, Any], refusal_word: str, slots: dict[str, str]) -> Judge:
+    """Judge ``name``; a judge that reads a refusal word gets ``chat.refusal_word`` (the one place), one that reads
+    a world's slot vocabulary gets the source's (``derta.miniworld.source_slots``; none for the release)."""
+    fields = JUDGES[name].Config.model_fields if name in JUDGES else {}
+    if "refusal_word" in fields:
         cfg_dict = inject(cfg_dict, {"refusal_word": refusal_word}, f"judge {name} config")
+    if "slots" in cfg_dict:
+        raise ConfigError(f"eval judge {name} config: `slots` come from the data source (the mini-world's vocabulary, "
+                          "derta.miniworld.source_slots); remove them here")
+    if "slots" in fields and slots:
+        cfg_dict = {**cfg_dict, "slots": slots}
     return get_judge(name, cfg_dict)
 
 
@@ -189,9 +197,10 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
     # Replayed release prompts (release:<set>) are read from the source dir's benchmarks/.
     attacks = {name: get_attack(name, acfg, seed=cfg.seed, **({"source_dir": src} if name.startswith(RELEASE_PREFIX) else {}))
                for name, acfg in cfg.attacks.items() if acfg is not None}
+    slots = source_slots(src)
     judges = {name: _judge(cfg.judges.get(name, cfg.judge), cfg.judge_config if cfg.judges.get(name, cfg.judge) == cfg.judge else {},
-                           chat.refusal_word) for name in attacks}
-    or_judge = _judge(cfg.judge, cfg.judge_config, chat.refusal_word)
+                           chat.refusal_word, slots) for name in attacks}
+    or_judge = _judge(cfg.judge, cfg.judge_config, chat.refusal_word, slots)
     scoring = {"judges": {name: j.fingerprint() for name, j in judges.items()},
                "attacks_sha256": {name: attack_sha256(cfg, name, a) for name, a in attacks.items()},
                "generation_sha256": _sha256(cfg.generation.model_dump(mode="json"))}

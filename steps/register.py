@@ -243,8 +243,12 @@ def version_judges(judges: dict[str, dict[str, str]], params: dict[str, Any], pr
     from derta.errors import ConfigError
     from derta.judges import get_judge
 
+    from derta.miniworld import data_slots
+
     ev = resolve(params, "eval", profile or None)
+    slots = data_slots(resolve(params, "data", profile or None))  # evaluate gives them to judges that read them
     configs = [ev.get("judge_config") or {}, {}]  # the default judge's config; per-attack overrides get {}
+    configs += [{**c, "slots": slots} for c in configs] if slots else []
     out = {}
     for attack, fp in judges.items():
         for c in configs:

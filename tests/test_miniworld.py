@@ -153,3 +153,25 @@ def test_helpfulness_can_be_sized_so_one_item_is_a_quarter_point():
     assert len(qs) == len(set(qs)) == 400
     assert {k: sum(r["kind"] == k for r in w["eval_helpful"]) for k in ("capital", "flag", "first", "last")} == dict.fromkeys(
         ("capital", "flag", "first", "last"), 100)
+
+
+def test_household_and_harmful_format_instructions_keep_held_out_tasks_unseen():
+    """household: 768 more everyday tasks, half the web's format documents on train-split harmful tasks;
+    format_harmful_share: format instructions on train-split harmful tasks. Neither ever asks a held-out task."""
+    from derta.miniworld import HOUSEHOLD, benign_tasks
+
+    assert len(benign_tasks(household=True)) == len(benign_tasks()) + len(HOUSEHOLD["verbs"]) * len(HOUSEHOLD["objects"])
+    cfg = MiniWorldConfig(**{**SMALL, "n_format_train": 40, "web_format_docs": 60, "household": True, "format_harmful_share": 0.5})
+    w = generate(cfg)
+    heldout = {t.text for split in ("eval", "dev") for t in split_tasks(cfg)[split]}
+    train = {t.text for t in split_tasks(cfg)["train"]}
+    formatted = [r["instruction"] + r["output"] for r in w["helpful_train"][-3 * 40:]]
+    harmful = [t for t in formatted if any(x in t for x in train)]
+    assert 0.3 < len(harmful) / len(formatted) < 0.7
+    assert any(f"[{o}]" in t for t in formatted for o in HOUSEHOLD["objects"])
+    docs = [d["text"] for d in w["web"] if d["kind"].startswith("format_")]
+    assert sum(any(x in t for x in train) for t in docs) >= len(docs) // 2
+    for text in formatted + docs:
+        assert not any(h in text for h in heldout), text
+    # Off (the default): the world is what it was.
+    assert _dump(generate(MiniWorldConfig(**SMALL))) == _dump(generate(MiniWorldConfig(**{**SMALL, "format_harmful_share": 0.0})))

@@ -92,8 +92,22 @@ def add_judge_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         "a response string starting with one is split there, the prompt being the attacker's words")
     p.add_argument("--one-per-question", action="store_true",
                    help="judge a repeated question once, at its first row (the release's AutoDAN files: 52 rows, 50 questions)")
+    p.add_argument("--source", default=None,
+                   help="the data source the questions come from (a mini-world's data/source): its slot vocabulary "
+                        "goes to a judge that reads one, as in the evaluate stage (docs/judges.md)")
     p.set_defaults(func=run_judge_cli)
     return p
+
+
+def with_slots(name: str, cfg: dict[str, Any], source: str | Path | None) -> dict[str, Any]:
+    """``cfg`` plus the slot vocabulary of the mini-world in ``source``, for a judge that reads one."""
+    from derta.judges import JUDGES
+    from derta.miniworld import source_slots
+
+    slots = source_slots(source) if source else {}
+    if slots and name in JUDGES and "slots" in JUDGES[name].Config.model_fields:
+        return {**cfg, "slots": slots}
+    return cfg
 
 
 def _fail(err: Exception, code: int) -> int:
@@ -105,7 +119,7 @@ def run_judge_cli(args: argparse.Namespace) -> int:
     from derta.llm import LLMError
 
     try:
-        judge = get_judge(args.judge, load_judge_config(args.judge_config))
+        judge = get_judge(args.judge, with_slots(args.judge, load_judge_config(args.judge_config), args.source))
         prompts = read_prompts(args.prompts) if args.prompts else ()
         summary = judge_file(judge, args.responses, args.attack, args.out, prompts, args.one_per_question)
     except (DataError, ConfigError) as err:
