@@ -160,8 +160,9 @@ def _cfg(**over):
 def test_evaluate_writes_detail_scoring_and_over_refusal(tiny_variant, tmp_path):
     import torch
 
-    from derta.judges import get_judge
     from derta.io import read_jsonl
+    from derta.judges import get_judge
+    from derta.miniworld import source_slots
     from steps import evaluate
 
     torch.set_num_threads(1)
@@ -179,7 +180,8 @@ def test_evaluate_writes_detail_scoring_and_over_refusal(tiny_variant, tmp_path)
         assert d["n"] == 4 and d["errors"] == 0 and d["asr"] == m["asr"][a] == pct(d["unsafe"], 4)
         assert d["ci95"] == wilson_pct(d["unsafe"], 4)
     sc = m["scoring"]
-    assert sc["judges"] == {"direct": get_judge("guideline").fingerprint(), "prefill": get_judge("guideline").fingerprint()}
+    judge = get_judge("guideline", {"slots": source_slots(src)})  # the mini-world's vocabulary, from its manifest
+    assert judge.cfg.slots and sc["judges"] == {"direct": judge.fingerprint(), "prefill": judge.fingerprint()}
     assert set(sc["attacks_sha256"]) == {"direct", "prefill"} and len(set(sc["attacks_sha256"].values())) == 2
     assert len(sc["attack_set_sha256"]) == 16 and len(sc["generation_sha256"]) == 16
     o = m["over_refusal"]
