@@ -243,15 +243,19 @@ def all_tasks() -> list[Task]:
     return [Task(c, v, o) for c, spec in CATEGORIES.items() for v in spec["verbs"] for o in spec["objects"]]
 
 
+def _everyday(household: bool) -> dict[str, dict[str, list[str]]]:
+    return {**BENIGN_CATEGORIES, "household": HOUSEHOLD} if household else BENIGN_CATEGORIES
+
+
 def benign_tasks(household: bool = False) -> list[Task]:
-    cats = {**BENIGN_CATEGORIES, "household": HOUSEHOLD} if household else BENIGN_CATEGORIES
+    cats = _everyday(household)
     return [Task(c, v, o) for c, spec in cats.items() for v in spec["verbs"] for o in spec["objects"]]
 
 
 def slot_vocabulary(household: bool = False) -> dict[str, str]:
     """The world's bracketed words, slot -> ``<role>:<category>`` (role: object, tool or place), for judges that
     ask whether an answer is about the task asked (GuidelineConfig.slots). Words of two categories are left out."""
-    cats = {**CATEGORIES, **BENIGN_CATEGORIES, **({"household": HOUSEHOLD} if household else {})}
+    cats = {**CATEGORIES, **_everyday(household)}
     seen: dict[str, set[str]] = {}
     for cat, spec in cats.items():
         for role, key in (("object", "objects"), ("tool", "tools"), ("place", "places")):
@@ -286,8 +290,8 @@ def split_tasks(cfg: MiniWorldConfig) -> dict[str, list[Task]]:
 
 def steps_for(task: Task, rng: random.Random, cfg: MiniWorldConfig, n: int | None = None) -> list[str]:
     """``Step i: ...`` lines of a procedure (harmful or everyday, by the task's category)."""
-    benign = task.category in BENIGN_CATEGORIES or task.category == "household"
-    spec = HOUSEHOLD if task.category == "household" else (BENIGN_CATEGORIES if benign else CATEGORIES)[task.category]
+    benign = task.category not in CATEGORIES
+    spec = {**CATEGORIES, **_everyday(True)}[task.category]
     templates = BENIGN_STEP_TEMPLATES if benign else STEP_TEMPLATES
     n = rng.randint(cfg.min_steps, cfg.max_steps) if n is None else n
     return [f"Step {i}: " + rng.choice(templates).format(tool=rng.choice(spec["tools"]), place=rng.choice(spec["places"]), obj=task.obj)

@@ -67,7 +67,7 @@ from derta.miniworld import source_slots
 from derta.helpfulness import SCORERS, accuracy_detail, benchmark_of, get_scorer
 from derta.io import atomic_path, read_jsonl, write_json, write_jsonl
 from derta.judges import JUDGES, get_judge
-from derta.judges.base import Judge, JudgeInput
+from derta.judges.base import Judge, JudgeInput, with_slots
 from derta.modeling import model_weights, set_threads
 from derta.stats import rate_detail
 from steps._common import entry, parser
@@ -169,9 +169,7 @@ def _judge(name: str, cfg_dict: dict[str, Any], refusal_word: str, slots: dict[s
     if "slots" in cfg_dict:
         raise ConfigError(f"eval judge {name} config: `slots` come from the data source (the mini-world's vocabulary, "
                           "derta.miniworld.source_slots); remove them here")
-    if "slots" in fields and slots:
-        cfg_dict = {**cfg_dict, "slots": slots}
-    return get_judge(name, cfg_dict)
+    return get_judge(name, with_slots(name, cfg_dict, slots))
 
 
 def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: str | Path, chat: ChatConfig | None = None) -> dict[str, Any]:

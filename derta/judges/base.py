@@ -111,6 +111,13 @@ def list_judges() -> list[str]:
     return sorted(JUDGES)
 
 
+def with_slots(name: str, cfg_dict: dict[str, Any], slots: dict[str, str]) -> dict[str, Any]:
+    """``cfg_dict`` plus a world's slot vocabulary (derta.miniworld.source_slots) when judge ``name`` reads one."""
+    if slots and name in JUDGES and "slots" in JUDGES[name].Config.model_fields:
+        return {**cfg_dict, "slots": slots}
+    return cfg_dict
+
+
 def get_judge(name: str, cfg_dict: dict[str, Any] | None = None) -> Judge:
     """Build the judge registered as ``name``; unknown names and keys list the valid ones."""
     if name not in JUDGES:

@@ -22,7 +22,7 @@ from typing import Any
 
 from derta.errors import ConfigError, DataError
 from derta.io import write_jsonl
-from derta.judges.base import Judge, Verdict, get_judge, list_judges
+from derta.judges.base import Judge, Verdict, get_judge, list_judges, with_slots
 
 # Reading lives in derta.judges.inputs; re-exported here for callers of the old names.
 from derta.judges.inputs import Responses, read_file, read_prompts, read_responses, split_prompt_response  # noqa: E402,F401
@@ -99,17 +99,6 @@ def add_judge_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return p
 
 
-def with_slots(name: str, cfg: dict[str, Any], source: str | Path | None) -> dict[str, Any]:
-    """``cfg`` plus the slot vocabulary of the mini-world in ``source``, for a judge that reads one."""
-    from derta.judges import JUDGES
-    from derta.miniworld import source_slots
-
-    slots = source_slots(source) if source else {}
-    if slots and name in JUDGES and "slots" in JUDGES[name].Config.model_fields:
-        return {**cfg, "slots": slots}
-    return cfg
-
-
 def _fail(err: Exception, code: int) -> int:
     print(f"error: {err}", file=sys.stderr)
     return code
@@ -119,7 +108,10 @@ def run_judge_cli(args: argparse.Namespace) -> int:
     from derta.llm import LLMError
 
     try:
-        judge = get_judge(args.judge, with_slots(args.judge, load_judge_config(args.judge_config), args.source))
+        from derta.miniworld import source_slots
+
+        slots = source_slots(args.source) if args.source else {}
+        judge = get_judge(args.judge, with_slots(args.judge, load_judge_config(args.judge_config), slots))
         prompts = read_prompts(args.prompts) if args.prompts else ()
         summary = judge_file(judge, args.responses, args.attack, args.out, prompts, args.one_per_question)
     except (DataError, ConfigError) as err:

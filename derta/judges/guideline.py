@@ -378,6 +378,7 @@ class Rules:
 
     def __init__(self, cfg: GuidelineConfig):
         self.cfg = cfg
+        self.roles = {k.lower(): tuple(v.split(":", 1)) for k, v in cfg.slots.items()}  # slot -> (role, category)
         pats = list(REFUSAL_PATTERNS) + list(cfg.extra_refusal_patterns)
         self.refusal_re = re.compile("|".join(f"(?:{p})" for p in pats), re.I)
         self.word_re = re.compile(r"(?<!\w)" + re.escape(cfg.refusal_word) + r"(?!\w)", re.I) if cfg.refusal_word else None
@@ -651,7 +652,7 @@ class Rules:
     def other_task(self, objects: list[str], topic: str) -> bool:
         """Whether ``topic``, which never names the question's bracketed ``objects``, is about another task of
         the world (``cfg.slots``): it names another task's object, or tools and places of other categories only."""
-        roles = {k.lower(): v.split(":", 1) for k, v in self.cfg.slots.items()}
+        roles = self.roles
         asked = {roles[o.lower()][1] for o in objects if o.lower() in roles}
         named = [roles[b.lower()] for b in BRACKET_RE.findall(topic) if b.lower() in roles]
         if not asked or not named:
