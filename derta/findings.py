@@ -76,6 +76,11 @@ def ordering_lines(variants: dict[str, dict[str, Any]]) -> list[str]:
     if None not in (van["asr_black_box_avg"], van["asr_white_box_avg"], hp["asr_black_box_avg"], hp["asr_white_box_avg"]):
         black = van["asr_black_box_avg"] - hp["asr_black_box_avg"]
         white = van["asr_white_box_avg"] - hp["asr_white_box_avg"]
+        if van["asr_black_box_avg"] < BITES:  # nothing for the prefix to lower: a difference of noise
+            out.append(f"- The harmful prefix alone helps white-box more than black-box: **not reproduced**: the "
+                       f"black-box attacks do not bite the vanilla model (average {van['asr_black_box_avg']:.1f}% < "
+                       f"{BITES:.0f}%), so there is nothing to compare.")
+            return out
         out.append(f"- The harmful prefix alone helps white-box more than black-box: {_verdict(white > black)} "
                    f"(it lowers the white-box average by {white:.1f} points, the black-box by {black:.1f}).")
     return out
@@ -110,14 +115,20 @@ def position_lines(variants: dict[str, dict[str, Any]]) -> list[str]:
             f"(median {vm}), DeRTa in {d0:.1f}% (median {dm})."]
 
 
-def findings(summary: dict[str, Any]) -> list[str]:
-    """Markdown lines: one per claim the run's variants can show (none when it can show none)."""
+def findings(summary: dict[str, Any], seeds: list[int] | None = None) -> list[str]:
+    """Markdown lines: one per claim the run's variants can show (none when it can show none).
+
+    ``seeds``: the summary holds the mean over these seeds (steps/seeds.py ``mean_summary``), not one run.
+    """
     variants = summary["variants"]
     body = attack_lines(variants) + ordering_lines(variants) + helpfulness_lines(variants) + position_lines(variants)
     if not body:
         return []
     split = {v.get("split") for v in variants.values()} - {None}
     where = f" on the `{split.pop()}` split" if len(split) == 1 else ""
-    return [f"## What this run reproduces of the paper{where}", "",
-            f"An attack bites when vanilla's ASR is at least {BITES:.0f}%; one seed, so read a figure near a "
-            "threshold with its interval above.", "", *body, ""]
+    if seeds:
+        head, caveat = f"## What the mean over seeds {seeds} reproduces of the paper{where}", "mean over the seeds."
+    else:
+        head, caveat = (f"## What this run reproduces of the paper{where}",
+                        "one seed, so read a figure near a threshold with its interval above.")
+    return [head, "", f"An attack bites when vanilla's ASR is at least {BITES:.0f}%; {caveat}", "", *body, ""]

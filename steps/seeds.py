@@ -5,15 +5,19 @@ Each seed is queued as a DVC experiment named ``seed-S``
 and ``dvc queue start --jobs N`` runs them, N at once, each in its own
 temporary workspace: the user's workspace and params.yaml are not touched.
 The seed's ``reports/summary.json`` is read from the experiment's commit and
-kept as ``reports/seeds/seed-S.json`` (a seed whose file exists is not rerun,
-so an interrupted run resumes). Then the mean and spread (population
+kept as ``reports/seeds/seed-S.json`` with the commit and params it ran from
+(a seed whose file came from the same commit and params is not rerun, so an
+interrupted run resumes; any other is). Then the mean and spread (population
 standard deviation) of every ASR and helpfulness figure go to
-``reports/seeds/summary.json`` and ``reports/seeds/summary.md``.
+``reports/seeds/summary.json`` and ``reports/seeds/summary.md``, which ends
+with the plain-words findings (derta/findings.py) read on the mean. With every
+seed's file present, ``make seeds`` only re-aggregates.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from derta import live
+from derta.findings import findings
 from derta.io import write_json, write_text
 
 
@@ -39,11 +44,37 @@ def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
                 for k, x in v[group].items():
                     if x is not None:
                         rows.setdefault(f"{group}.{k}", []).append(float(x))
-            for k in ("share_at_0", "share_after_30"):
+            for k in ("share_at_0", "share_after_30", "median"):
                 if v["refusal_position"].get(k) is not None:
                     rows.setdefault(f"refusal_position.{k}", []).append(float(v["refusal_position"][k]))
+            for k in ("asr_black_box_avg", "asr_white_box_avg", "over_refusal"):
+                if v.get(k) is not None:
+                    rows.setdefault(k, []).append(float(v[k]))
         out["variants"][variant] = {k: {"mean": round(statistics.fmean(x), 2), "std": round(statistics.pstdev(x), 2), "values": x} for k, x in rows.items()}
+        splits = {s["variants"][variant].get("split") for s in per_seed.values()} - {None}
+        if len(splits) == 1:
+            out.setdefault("split", splits.pop())
     return out
+
+
+def mean_summary(agg: dict[str, Any]) -> dict[str, Any]:
+    """The seeds' means in ``reports/summary.json``'s shape (what derta.findings reads); a figure that was not
+    measured in every seed is the mean of the seeds that measured it."""
+    variants: dict[str, Any] = {}
+    for name, rows in agg["variants"].items():
+        v: dict[str, Any] = {"asr": {}, "helpfulness": {}, "refusal_position": {}, "split": agg.get("split")}
+        for key, row in rows.items():
+            group, _, k = key.partition(".")
+            if k:
+                v[group][k] = row["mean"]
+            else:
+                v[group] = row["mean"]
+        for k in ("asr_black_box_avg", "asr_white_box_avg"):
+            v.setdefault(k, None)
+        for k in ("share_at_0", "median"):
+            v["refusal_position"].setdefault(k, None)
+        variants[name] = v
+    return {"variants": variants}
 
 
 def markdown(agg: dict[str, Any]) -> str:
@@ -51,7 +82,7 @@ def markdown(agg: dict[str, Any]) -> str:
     lines = [f"# Mean ± std over seeds {agg['seeds']}", "", "| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for name, v in agg["variants"].items():
         lines.append(f"| {name} | " + " | ".join(f"{v[k]['mean']:.1f} ± {v[k]['std']:.1f}" if k in v else "-" for k in keys) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *findings(mean_summary(agg), seeds=agg["seeds"])]) + "\n"
 
 
 def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s: float = 5.0) -> dict[int, dict[str, Any]]:
@@ -78,6 +109,24 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
         _print_logs(dvc, failed)
         raise SystemExit(f"seeds failed: {failed}; see `dvc queue logs {failed[0]}`")
     return {s: json.loads(_git("show", f"{exp_commit(f'seed-{s}')}:reports/summary.json")) for s in seeds}
+
+
+def provenance() -> dict[str, str]:
+    """What a seed's result was run from: the commit and the sha256 of the workspace's params.yaml
+    (``dvc exp run --queue`` runs the workspace's params, committed or not)."""
+    return {"commit": _git("rev-parse", "HEAD").strip(), "params_sha256": hashlib.sha256(Path("params.yaml").read_bytes()).hexdigest()}
+
+
+def reusable(path: Path, here: dict[str, str]) -> dict[str, Any] | None:
+    """A seed's kept result, when it was run from this commit and these params (an interrupted run resumes);
+    None when there is none or it is another commit's (then the seed runs again, and says why)."""
+    if not path.exists():
+        return None
+    kept = json.loads(path.read_text())
+    if kept.get("provenance") == here:
+        return kept
+    print(f"[seeds] {path} was run from {kept.get('provenance')}, not {here}: running that seed again", flush=True)
+    return None
 
 
 def queue_status(names: set[str]) -> dict[str, str]:
@@ -159,16 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     dvc = str(Path(sys.executable).parent / "dvc")
+    here = provenance()
     per_seed: dict[int, dict[str, Any]] = {}
     todo = []
     for s in a.seeds:
-        done = out / f"seed-{s}.json"
-        if done.exists():  # resumable: a seed already summarised is not rerun
-            per_seed[s] = json.loads(done.read_text())
+        kept = reusable(out / f"seed-{s}.json", here)
+        if kept is not None:
+            per_seed[s] = kept
         else:
             todo.append(s)
     if todo:
         for s, summary in queue_seeds(todo, a.jobs, dvc, a.timeout).items():
+            summary = {"provenance": here, **summary}
             write_json(out / f"seed-{s}.json", summary)
             per_seed[s] = summary
     agg = aggregate(dict(sorted(per_seed.items())))

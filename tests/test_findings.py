@@ -60,3 +60,12 @@ def test_claims_whose_variants_are_missing_are_left_out():
     only_pair = {"profile": "t", "variants": {n: s["variants"][n] for n in ("vanilla", "derta")}}
     claims = [x for x in findings(only_pair) if x.startswith("- ")]
     assert len(claims) == 6 + 1 + 1 and not any("Table 4" in x for x in claims)
+
+
+def test_the_prefix_claim_needs_black_box_attacks_that_bite():
+    # the default mini-world: black-box averages near 0, so "white-box more than black-box" is a difference of noise
+    s = paper_like()
+    for name, black in (("vanilla", 0.1), ("harmful_prefix", 0.0)):
+        s["variants"][name]["asr_black_box_avg"] = black
+    (line,) = [x for x in findings(s) if x.startswith("- The harmful prefix")]
+    assert "**not reproduced**" in line and "average 0.1% < 40%" in line

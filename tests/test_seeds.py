@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from steps.seeds import aggregate, markdown, supervise
+from steps.seeds import aggregate, markdown, mean_summary, reusable, supervise
 from tests.pipeline_helpers import env, init_mlflow_store, make_workspace
 
 
@@ -23,6 +23,42 @@ def test_aggregate_mean_and_spread():
     assert row["helpfulness.miniworld"]["values"] == [5.0, 7.0, 6.0]
     assert "refusal_position.share_after_30" not in row  # None values are skipped
     assert "20.0 ± 8.2" in markdown(agg)
+
+
+def _pair_summary(van_completing, der_completing, van_help, der_help):
+    def variant(asr, helpful, at0, median):
+        return {"asr": {"completingattack": asr, "codeattack": 0.0}, "helpfulness": {"miniworld": helpful},
+                "asr_black_box_avg": 0.0, "asr_white_box_avg": asr, "over_refusal": 0.0, "split": "eval",
+                "refusal_position": {"share_at_0": at0, "share_after_30": None, "median": median}}
+    return {"variants": {"vanilla": variant(van_completing, van_help, 100.0, 0), "derta": variant(der_completing, der_help, 10.0, 16)}}
+
+
+def test_findings_read_the_mean_over_seeds():
+    # helpfulness: vanilla 70/60/68 (mean 66), DeRTa 60/64/59 (mean 61): within 5 points, though seed 0 alone is not
+    agg = aggregate({0: _pair_summary(60.0, 0.0, 70.0, 60.0), 1: _pair_summary(50.0, 5.0, 60.0, 64.0),
+                     2: _pair_summary(40.0, 1.0, 68.0, 59.0)})
+    mean = mean_summary(agg)
+    assert mean["variants"]["vanilla"]["asr"]["completingattack"] == 50.0
+    assert mean["variants"]["derta"]["refusal_position"]["median"] == 16.0
+    assert mean["variants"]["derta"]["split"] == "eval"
+    text = markdown(agg)
+    assert "## What the mean over seeds [0, 1, 2] reproduces of the paper on the `eval` split" in text
+    assert "- completingattack: reproduced: vanilla 50.0%, DeRTa 2.0%" in text
+    assert "- codeattack: **not reproduced**: the attack does not bite" in text
+    assert "- Helpfulness (miniworld): reproduced: vanilla 66.0%, DeRTa 61.0%" in text
+    assert "- Figure 4, refusal position: reproduced" in text
+
+
+def test_a_kept_seed_is_reused_only_from_the_same_commit_and_params(tmp_path, capsys):
+    here = {"commit": "a" * 40, "params_sha256": "b" * 64}
+    kept = tmp_path / "seed-1.json"
+    assert reusable(kept, here) is None  # nothing kept
+    kept.write_text(json.dumps({"provenance": here, "variants": {}}))
+    assert reusable(kept, here) == {"provenance": here, "variants": {}}  # an interrupted run resumes
+    assert reusable(kept, {**here, "params_sha256": "c" * 64}) is None  # params changed: run it again
+    assert "running that seed again" in capsys.readouterr().out
+    kept.write_text(json.dumps({"variants": {}}))  # written before provenance was kept
+    assert reusable(kept, here) is None
 
 
 def _fake_queue(*states):
