@@ -17,7 +17,6 @@ seed's file present, ``make seeds`` only re-aggregates.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -30,7 +29,7 @@ from typing import Any
 
 from derta import live
 from derta.findings import findings
-from derta.io import write_json, write_text
+from derta.io import sha256_file, write_json, write_text
 
 
 def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -114,7 +113,7 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
 def provenance() -> dict[str, str]:
     """What a seed's result was run from: the commit and the sha256 of the workspace's params.yaml
     (``dvc exp run --queue`` runs the workspace's params, committed or not)."""
-    return {"commit": _git("rev-parse", "HEAD").strip(), "params_sha256": hashlib.sha256(Path("params.yaml").read_bytes()).hexdigest()}
+    return {"commit": _git("rev-parse", "HEAD").strip(), "params_sha256": sha256_file("params.yaml")}
 
 
 def reusable(path: Path, here: dict[str, str]) -> dict[str, Any] | None:
