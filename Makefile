@@ -94,7 +94,7 @@ real: venv models/smollm2-135m/source.json
 lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile docker/Dockerfile.gpu
 
-# Multi-seed runs of the pipeline (steps/seeds.py), e.g. make seeds SEEDS_ARGS="--seeds 0 1 2"
+# Multi-seed runs of the pipeline (steps/seeds.py), e.g. make seeds SEEDS_ARGS="--seeds 0 1 2 [--profile NAME]"
 seeds: venv
 	$(VPY) -m steps.seeds $(SEEDS_ARGS)
 

@@ -47,7 +47,7 @@ def stages_path(name: str) -> Path:
     return Path(RUNS) / name / "dvc.yaml"
 
 
-def _move(text: str, name: str) -> str:
+def move(text: str, name: str) -> str:
     """Rewrite the run paths in ``text`` (a path or a command) into the profile's own."""
     def repl(m: re.Match[str]) -> str:
         root = m.group(1)
@@ -59,9 +59,9 @@ def _paths(items: list[Any], name: str) -> list[Any]:
     out = []
     for item in items:
         if isinstance(item, dict):  # {path: {cache: false}}
-            out.append({_move(k, name): v for k, v in item.items()})
+            out.append({move(k, name): v for k, v in item.items()})
         else:
-            out.append(_move(item, name))
+            out.append(move(item, name))
     return out
 
 
@@ -87,7 +87,7 @@ def _params(items: list[Any], name: str, profile: dict[str, Any]) -> list[Any]:
 
 def _body(stage: dict[str, Any], name: str, profile: dict[str, Any]) -> dict[str, Any]:
     body = {"wdir": "../.."}
-    body["cmd"] = _move(stage["cmd"], name) + f" --profile {name}"
+    body["cmd"] = move(stage["cmd"], name) + f" --profile {name}"
     for key in ("deps", "outs", "metrics", "plots"):
         if key in stage:
             body[key] = _paths(stage[key], name)

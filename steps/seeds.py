@@ -12,6 +12,9 @@ standard deviation) of every ASR and helpfulness figure go to
 ``reports/seeds/summary.json`` and ``reports/seeds/summary.md``, which ends
 with the plain-words findings (derta/findings.py) read on the mean. With every
 seed's file present, ``make seeds`` only re-aggregates.
+
+``--profile NAME`` does the same for a profile's own pipeline (``runs/NAME/dvc.yaml``,
+derta/stages.py): experiments ``NAME-seed-S``, results under ``reports/NAME/seeds/``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from derta import live
+import yaml
+
+from derta import live, stages
 from derta.findings import findings
 from derta.io import sha256_file, write_json, write_text
 
@@ -84,17 +89,59 @@ def markdown(agg: dict[str, Any]) -> str:
     return "\n".join([*lines, "", *findings(mean_summary(agg), seeds=agg["seeds"])]) + "\n"
 
 
-def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s: float = 5.0) -> dict[int, dict[str, Any]]:
+SEED_KEYS = ("data.seed", "synthesize.seed", "train.seed")
+
+
+class Pipeline:
+    """The pipeline a seed runs: the root ``dvc.yaml`` (``profile`` None) or a profile's own ``runs/NAME/dvc.yaml``."""
+
+    def __init__(self, profile: str | None = None):
+        self.profile = profile
+
+    def name(self, seed: int) -> str:
+        return f"{self.profile}-seed-{seed}" if self.profile else f"seed-{seed}"
+
+    def path(self, rel: str) -> str:
+        """A root-pipeline path (``reports/summary.json``) as this pipeline writes it."""
+        return stages.move(rel, self.profile) if self.profile else rel
+
+    def exp_run(self, seed: int) -> list[str]:
+        """``dvc exp run`` arguments that queue ``seed``. The seeds are the base keys every stage declares as
+        params (a profile's stages declare them too), so each seed re-runs the stages that read them."""
+        target = [str(stages.stages_path(self.profile))] if self.profile else []
+        sets = [arg for key in SEED_KEYS for arg in ("-S", f"{key}={seed}")]
+        return ["exp", "run", "--queue", "--name", self.name(seed), *sets, *target]
+
+    def check(self, params_file: str | Path = "params.yaml") -> None:
+        """Fail before queuing anything when the profile is unknown, sets a seed itself (the queued ``-S``
+        would not reach it), or its committed pipeline is stale."""
+        if not self.profile:
+            return
+        profiles = yaml.safe_load(Path(params_file).read_text()).get("profiles") or {}
+        if self.profile not in profiles:
+            raise SystemExit(f"{params_file}: no profile {self.profile!r} (profiles: {', '.join(sorted(profiles))})")
+        profile = profiles[self.profile] or {}
+        own = [key for key in SEED_KEYS if "seed" in (profile.get(key.split(".")[0]) or {})]
+        if own:
+            raise SystemExit(f"{params_file}: profile {self.profile} sets {', '.join(own)} itself; "
+                             "make seeds varies the base keys, so remove them from the profile")
+        path = stages.stages_path(self.profile)
+        if not path.exists() or path.read_text() != stages.render_text(self.profile, params_file=params_file):
+            raise SystemExit(f"{path} is missing or stale: run `python -m derta.cli profile-stages {self.profile}`")
+
+
+def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s: float = 5.0,
+                pipeline: Pipeline | None = None) -> dict[int, dict[str, Any]]:
     """Queue one experiment per seed, run them ``jobs`` at a time, return each one's ``reports/summary.json``."""
+    pipeline = pipeline or Pipeline()
     for s in seeds:
-        _run(dvc, "exp", "remove", f"seed-{s}", check=False)  # an earlier, unfinished attempt
-        _run(dvc, "exp", "run", "--queue", "--name", f"seed-{s}", "-S", f"data.seed={s}", "-S", f"synthesize.seed={s}",
-             "-S", f"train.seed={s}")
+        _run(dvc, "exp", "remove", pipeline.name(s), check=False)  # an earlier, unfinished attempt
+        _run(dvc, *pipeline.exp_run(s))
     # Queued experiments run in temporary copies of the workspace: a relative SQLite store would be lost with them.
     uri = live.tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
-    names = {f"seed-{s}" for s in seeds}
+    names = {pipeline.name(s) for s in seeds}
     try:
         status = supervise(names, lambda: _run(dvc, "queue", "start", "--jobs", str(jobs)), queue_status,
                            timeout_s=timeout_s, poll_s=poll_s)
@@ -107,7 +154,8 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
     if failed:
         _print_logs(dvc, failed)
         raise SystemExit(f"seeds failed: {failed}; see `dvc queue logs {failed[0]}`")
-    return {s: json.loads(_git("show", f"{exp_commit(f'seed-{s}')}:reports/summary.json")) for s in seeds}
+    summary = pipeline.path("reports/summary.json")
+    return {s: json.loads(_git("show", f"{exp_commit(pipeline.name(s))}:{summary}")) for s in seeds}
 
 
 def provenance() -> dict[str, str]:
@@ -201,10 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2, help="experiments at once (dvc queue start --jobs)")
-    p.add_argument("--out", default="reports/seeds")
+    p.add_argument("--profile", help="a profile's own pipeline (runs/NAME/dvc.yaml) instead of the root one")
+    p.add_argument("--out", help="where the seeds' results go (default reports/seeds, or reports/NAME/seeds)")
     p.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait for the queued experiments")
     a = p.parse_args(argv)
-    out = Path(a.out)
+    pipeline = Pipeline(a.profile)
+    pipeline.check()
+    out = Path(a.out or pipeline.path("reports/seeds"))
     out.mkdir(parents=True, exist_ok=True)
     dvc = str(Path(sys.executable).parent / "dvc")
     here = provenance()
@@ -217,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             todo.append(s)
     if todo:
-        for s, summary in queue_seeds(todo, a.jobs, dvc, a.timeout).items():
+        for s, summary in queue_seeds(todo, a.jobs, dvc, a.timeout, pipeline=pipeline).items():
             summary = {"provenance": here, **summary}
             write_json(out / f"seed-{s}.json", summary)
             per_seed[s] = summary

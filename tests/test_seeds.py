@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from steps.seeds import aggregate, markdown, mean_summary, reusable, supervise
-from tests.pipeline_helpers import env, init_mlflow_store, make_workspace
+from steps.seeds import Pipeline, aggregate, markdown, mean_summary, reusable, supervise
+from tests.pipeline_helpers import VENV_BIN, env, init_mlflow_store, make_workspace
 
 
 def _summary(asr, helpful, at0):
@@ -61,6 +61,56 @@ def test_a_kept_seed_is_reused_only_from_the_same_commit_and_params(tmp_path, ca
     assert reusable(kept, here) is None
 
 
+def test_the_root_pipeline_queues_seed_experiments_on_the_base_seeds():
+    root = Pipeline()
+    assert root.name(2) == "seed-2"
+    assert root.path("reports/summary.json") == "reports/summary.json"
+    assert root.exp_run(2) == ["exp", "run", "--queue", "--name", "seed-2", "-S", "data.seed=2", "-S", "synthesize.seed=2",
+                               "-S", "train.seed=2"]
+
+
+def test_a_profile_queues_its_own_pipeline_and_reads_its_own_reports():
+    fmt = Pipeline("miniworld-formats")
+    assert fmt.name(1) == "miniworld-formats-seed-1"  # beside the root's seed-1, not over it
+    assert fmt.path("reports/summary.json") == "reports/miniworld-formats/summary.json"
+    assert fmt.path("reports/seeds") == "reports/miniworld-formats/seeds"
+    args = fmt.exp_run(1)
+    assert args[-1] == "runs/miniworld-formats/dvc.yaml"
+    assert args[:5] == ["exp", "run", "--queue", "--name", "miniworld-formats-seed-1"]
+    assert "train.seed=1" in args
+
+
+def test_a_profile_is_checked_before_anything_is_queued(tmp_path, monkeypatch):
+    params = tmp_path / "params.yaml"
+    params.write_text("profiles:\n  own-seed:\n    train: {seed: 3}\n  fine: {}\n")
+    with pytest.raises(SystemExit, match="no profile 'nope'"):
+        Pipeline("nope").check(params)
+    with pytest.raises(SystemExit, match="sets train.seed itself"):
+        Pipeline("own-seed").check(params)
+    monkeypatch.chdir(tmp_path)  # runs/fine/dvc.yaml is not there
+    with pytest.raises(SystemExit, match="missing or stale: run `python -m derta.cli profile-stages fine`"):
+        Pipeline("fine").check(params)
+    Pipeline().check(params)  # the root pipeline needs no check
+
+
+def test_the_committed_formats_profile_passes_the_check():
+    Pipeline("miniworld-formats").check()
+
+
+def test_dvc_queues_a_profile_seed_on_the_profile_pipeline(tmp_path):
+    """What `make seeds --profile` hands DVC is accepted, and queues that pipeline (nothing runs)."""
+    ws = make_workspace(tmp_path / "ws")
+    e = env()
+    run = lambda *a: subprocess.run(list(a), cwd=ws, env=e, check=True, capture_output=True, text=True)  # noqa: E731
+    run(sys.executable, "-m", "derta.cli", "profile-stages", "tiny")
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "tiny's pipeline")
+    run(str(VENV_BIN / "dvc"), *Pipeline("tiny").exp_run(4))
+    queued = run(str(VENV_BIN / "dvc"), "queue", "status").stdout
+    assert "tiny-seed-4" in queued and "Queued" in queued
+    run(str(VENV_BIN / "dvc"), "queue", "remove", "--all")
+
+
 def _fake_queue(*states):
     """A queue whose status walks through ``states`` (the last one repeats), counting worker starts."""
     seen = {"starts": 0, "polls": 0}
@@ -104,25 +154,32 @@ def test_supervise_gives_up_after_its_timeout_naming_each_status():
 @pytest.mark.e2e
 @pytest.mark.timeout(1800)
 def test_make_seeds_queues_experiments_and_leaves_the_workspace_alone(tmp_path):
+    """Two seeds of a profile's own pipeline (runs/tiny/dvc.yaml), two at once. The root pipeline differs
+    only in the target and the paths (test_the_root_pipeline_queues_seed_experiments_on_the_base_seeds)."""
     ws = make_workspace(tmp_path / "ws")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     init_mlflow_store(uri)
-    before = (ws / "params.yaml").read_text()
     e = env(MLFLOW_TRACKING_URI=uri, DERTA_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ws))
-    cmd = [sys.executable, "-m", "steps.seeds", "--seeds", "0", "1", "--jobs", "2", "--timeout", "1200"]
+    for cmd in ([sys.executable, "-m", "derta.cli", "profile-stages", "tiny"], ["git", "add", "-A"],
+                ["git", "commit", "-q", "-m", "tiny's own pipeline"]):
+        subprocess.run(cmd, cwd=ws, env=e, check=True, capture_output=True)
+    before = (ws / "params.yaml").read_text()
+    cmd = [sys.executable, "-m", "steps.seeds", "--profile", "tiny", "--seeds", "0", "1", "--jobs", "2", "--timeout", "1200"]
     try:
         proc = subprocess.run(cmd, cwd=ws, env=e, capture_output=True, text=True, timeout=1500)
     except subprocess.TimeoutExpired as exc:  # its output is bytes whatever text= says
         pytest.fail(f"make seeds still running after 1500 s:\n{(exc.stdout or b'')[-3000:].decode(errors='replace')}\n"
                     f"{(exc.stderr or b'')[-3000:].decode(errors='replace')}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    agg = json.loads((ws / "reports" / "seeds" / "summary.json").read_text())
+    seeds = ws / "reports" / "tiny" / "seeds"
+    agg = json.loads((seeds / "summary.json").read_text())
     assert agg["seeds"] == [0, 1]
     row = agg["variants"]["derta"]
     assert all(len(v["values"]) == 2 for v in row.values())
-    seed0, seed1 = (json.loads((ws / "reports" / "seeds" / f"seed-{s}.json").read_text()) for s in (0, 1))
+    seed0, seed1 = (json.loads((seeds / f"seed-{s}.json").read_text()) for s in (0, 1))
     assert seed0 != seed1  # two seeds, two worlds
     assert (ws / "params.yaml").read_text() == before  # queued experiments leave the user's params alone
     names = subprocess.run([str(sys.executable).rsplit("/", 1)[0] + "/dvc", "exp", "list", "--name-only"], cwd=ws, env=e,
                            capture_output=True, text=True, check=True).stdout.split()
-    assert {"seed-0", "seed-1"} <= set(names)
+    assert {"tiny-seed-0", "tiny-seed-1"} <= set(names)
+    assert not (ws / "reports" / "seeds").exists()  # the root pipeline's seeds are elsewhere, untouched
