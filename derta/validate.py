@@ -579,75 +579,95 @@ def gate_variants(
             datasets.append(Dataset(variant, path, None))
             continue
         df = load_frame(path, ("id", "kind", "prefix", "text", "safe", "k", "source_id"))
-        counts = expected[variant]
-        ds = Dataset(variant, path, df)
-        datasets.append(ds)
         _variant_columns(df, synth_cfg, safety, helpful_by_id)
-        kinds_here = [k for k in KINDS if counts.get(k, 0)]
-        # kind/safe/source_id: presence here; their values are checked by set and join expectations below.
-        ds.checks += b.ids() + b.text_fields(["prefix", "text"]) + b.present(["kind", "safe", "source_id"])
-        ds.checks += [
-            b.make("safe_values", "ExpectColumnValuesToBeInSet", "safe is 'true' or 'false'",
-                   column="safe", value_set=["true", "false"]),
-            b.make("kind_values", "ExpectColumnValuesToBeInSet", f"kind in {kinds_here} for {variant}",
-                   column="kind", value_set=kinds_here),
-            b.make("safe_iff_rto", "ExpectColumnPairValuesToBeInSet", "safe == 'true' exactly for kind 'rto'",
-                   field_="kind", column_A="kind", column_B="safe",
-                   value_pairs_set=[(k, "true" if k == "rto" else "false") for k in KINDS]),
-            b.make("row_count", "ExpectTableRowCountToEqual",
-                   f"{sum(counts.values())} rows (n_helpful={n_helpful}, n_triples={synth_cfg.n_triples})",
-                   value=sum(counts.values())),
-        ]
-        for kind in KINDS:
-            n = counts.get(kind, 0)
-            ds.checks.append(b.make(
-                f"count:{kind}", "ExpectColumnSumToBeBetween", f"{n} rows of kind {kind!r} (expected_counts)",
-                field_="kind", rows=(lambda d, kind=kind: d["kind"] == kind) if n == 0 else None,
-                column=f"_is_{kind}", min_value=n, max_value=n,
-            ))
-        ds.checks += b.flag_true("source_found", "_src_found", "source_id",
-                                 "source_id names a record of the source (safety_train, or helpful_train for kind helpful)")
-        ds.checks += b.flag_true("prompt_matches_source", "_prompt_ok", "prefix",
-                                 "prefix starts with prompt_template applied to the source instruction")
-        responses = {"helpful": "helpful output", "safe": "safe_response", "harmful_prefix": "safe_response",
-                     "rto": "whole harmful response (output)"}
-        for kind in kinds_here:
-            ds.checks += b.flag_true(
-                f"text_matches_source:{kind}", "_text_ok", "text",
-                f"{kind} rows: text == response_sep + {responses[kind]} of source_id + eos",
-                row_condition=f'kind=="{kind}"',
-            )
-        ds.checks.append(b.make("k_zero_outside_prefix", "ExpectColumnValuesToBeInSet",
-                                "k == 0 for every kind but harmful_prefix", column="k", value_set=[0],
-                                row_condition='kind!="harmful_prefix"'))
-        if counts.get("harmful_prefix"):
-            rng = "[0, n_units - 2]" if synth_cfg.prefix_rule == "release" else "[0, n_units]"
-            ds.checks += b.flag_true("k_in_range", "_k_ok", "k",
-                                     f"harmful_prefix rows: k is an int in {rng} ({synth_cfg.prefix_rule} rule)",
-                                     row_condition='kind=="harmful_prefix"')
-            ds.checks += b.flag_true("prefix_is_k_units", "_prefix_k_ok", "prefix",
-                                     "harmful_prefix rows: prefix == prompt + the first k word units of the harmful response",
-                                     row_condition='kind=="harmful_prefix"')
-            if synth_cfg.prefix_rule == "release":
-                n_hp = counts["harmful_prefix"]
-                target = math.ceil(n_hp / 3) / n_hp  # k = 0 for every third instance (index % 3 == 0)
-                ds.checks.append(b.make(
-                    "share_k_zero", "ExpectColumnMeanToBeBetween",
-                    f"share of k == 0 among harmful_prefix rows = {target:.4f} +- {cfg.tolerance:g} (release rule)",
-                    field_="k", column="_k_zero", row_condition='kind=="harmful_prefix"',
-                    min_value=max(0.0, target - cfg.tolerance), max_value=min(1.0, target + cfg.tolerance),
-                ))
+        ds = Dataset(variant, path, df)
+        ds.checks += _variant_shape_checks(b, variant, expected[variant], n_helpful, synth_cfg)
+        ds.checks += _variant_source_checks(b, expected[variant])
+        ds.checks += _variant_prefix_checks(b, expected[variant], synth_cfg, cfg)
         if heldout_q:
             df["_leak"] = _contains_any(df["prefix"], heldout_q, leak_cache)
             ds.checks += b.flag_false("no_heldout_question:prefix", "_leak", "prefix",
                                       "no eval/dev/benchmark question occurs in the (normalized) prefix")
         ds.checks += b.duplicates(df, ["prefix", "text"], cfg.duplicate_rate(variant, "variants"))
+        datasets.append(ds)
 
     datasets.append(_dpo_dataset(vdir / "dpo_pairs.jsonl", synth_cfg, safety, heldout_q, leak_cache, b, cfg))
     report = run_suites(datasets, cfg)
     if raise_on_fail:
         _raise_if_failed("variants", report)
     return report
+
+
+def _variant_shape_checks(b: _Builder, variant: str, counts: dict[str, int], n_helpful: int,
+                          synth_cfg: SynthesizeConfig) -> list[Check]:
+    """Ids, fields, the values of ``safe`` and ``kind``, and the row count of each kind (expected_counts)."""
+    kinds_here = [k for k in KINDS if counts.get(k, 0)]
+    # kind/safe/source_id: presence here; their values are checked by set and join expectations below.
+    checks = b.ids() + b.text_fields(["prefix", "text"]) + b.present(["kind", "safe", "source_id"])
+    checks += [
+        b.make("safe_values", "ExpectColumnValuesToBeInSet", "safe is 'true' or 'false'",
+               column="safe", value_set=["true", "false"]),
+        b.make("kind_values", "ExpectColumnValuesToBeInSet", f"kind in {kinds_here} for {variant}",
+               column="kind", value_set=kinds_here),
+        b.make("safe_iff_rto", "ExpectColumnPairValuesToBeInSet", "safe == 'true' exactly for kind 'rto'",
+               field_="kind", column_A="kind", column_B="safe",
+               value_pairs_set=[(k, "true" if k == "rto" else "false") for k in KINDS]),
+        b.make("row_count", "ExpectTableRowCountToEqual",
+               f"{sum(counts.values())} rows (n_helpful={n_helpful}, n_triples={synth_cfg.n_triples})",
+               value=sum(counts.values())),
+    ]
+    for kind in KINDS:
+        n = counts.get(kind, 0)
+        checks.append(b.make(
+            f"count:{kind}", "ExpectColumnSumToBeBetween", f"{n} rows of kind {kind!r} (expected_counts)",
+            field_="kind", rows=(lambda d, kind=kind: d["kind"] == kind) if n == 0 else None,
+            column=f"_is_{kind}", min_value=n, max_value=n,
+        ))
+    return checks
+
+
+_RESPONSE_OF = {"helpful": "helpful output", "safe": "safe_response", "harmful_prefix": "safe_response",
+                "rto": "whole harmful response (output)"}
+
+
+def _variant_source_checks(b: _Builder, counts: dict[str, int]) -> list[Check]:
+    """Each row joins its source record, and its prompt and response are that record's."""
+    checks = b.flag_true("source_found", "_src_found", "source_id",
+                         "source_id names a record of the source (safety_train, or helpful_train for kind helpful)")
+    checks += b.flag_true("prompt_matches_source", "_prompt_ok", "prefix",
+                          "prefix starts with prompt_template applied to the source instruction")
+    for kind in (k for k in KINDS if counts.get(k, 0)):
+        checks += b.flag_true(f"text_matches_source:{kind}", "_text_ok", "text",
+                              f"{kind} rows: text == response_sep + {_RESPONSE_OF[kind]} of source_id + eos",
+                              row_condition=f'kind=="{kind}"')
+    return checks
+
+
+def _variant_prefix_checks(b: _Builder, counts: dict[str, int], synth_cfg: SynthesizeConfig,
+                           cfg: GateConfig) -> list[Check]:
+    """k is 0 outside harmful_prefix rows; there, the prefix is the first k word units of the harmful
+    response, k is in the rule's range and (release rule) every third k is 0."""
+    checks = [b.make("k_zero_outside_prefix", "ExpectColumnValuesToBeInSet",
+                     "k == 0 for every kind but harmful_prefix", column="k", value_set=[0],
+                     row_condition='kind!="harmful_prefix"')]
+    n_hp = counts.get("harmful_prefix", 0)
+    if not n_hp:
+        return checks
+    rng = "[0, n_units - 2]" if synth_cfg.prefix_rule == "release" else "[0, n_units]"
+    checks += b.flag_true("k_in_range", "_k_ok", "k", f"harmful_prefix rows: k is an int in {rng} ({synth_cfg.prefix_rule} rule)",
+                          row_condition='kind=="harmful_prefix"')
+    checks += b.flag_true("prefix_is_k_units", "_prefix_k_ok", "prefix",
+                          "harmful_prefix rows: prefix == prompt + the first k word units of the harmful response",
+                          row_condition='kind=="harmful_prefix"')
+    if synth_cfg.prefix_rule == "release":
+        target = math.ceil(n_hp / 3) / n_hp  # k = 0 for every third instance (index % 3 == 0)
+        checks.append(b.make(
+            "share_k_zero", "ExpectColumnMeanToBeBetween",
+            f"share of k == 0 among harmful_prefix rows = {target:.4f} +- {cfg.tolerance:g} (release rule)",
+            field_="k", column="_k_zero", row_condition='kind=="harmful_prefix"',
+            min_value=max(0.0, target - cfg.tolerance), max_value=min(1.0, target + cfg.tolerance),
+        ))
+    return checks
 
 
 def _variant_columns(df: pd.DataFrame, synth: SynthesizeConfig, safety: dict[str, dict], helpful: dict[str, dict]) -> None:

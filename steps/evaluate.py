@@ -179,6 +179,46 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
     chat = chat or ChatConfig()
     check_backend(cfg.generation, "eval.generation")  # an unknown backend or a missing vllm: before anything loads
     src = Path(src_dir)
+    questions, hrows, orows = _split_rows(cfg, src)
+    # Bad attack/judge names or configs fail here, before the model is loaded.
+    # Replayed release prompts (release:<set>) are read from the source dir's benchmarks/.
+    attacks = {name: get_attack(name, acfg, seed=cfg.seed, **({"source_dir": src} if name.startswith(RELEASE_PREFIX) else {}))
+               for name, acfg in cfg.attacks.items() if acfg is not None}
+    slots = source_slots(src)
+    judges = {name: _judge(cfg.judges.get(name, cfg.judge), cfg.judge_config if cfg.judges.get(name, cfg.judge) == cfg.judge else {},
+                           chat.refusal_word, slots) for name in attacks}
+    or_judge = _judge(cfg.judge, cfg.judge_config, chat.refusal_word, slots)
+    alpaca_skip = cfg.alpacaeval.skip_reason()
+    alpaca_items = None if alpaca_skip else read_items(cfg.alpacaeval.questions_file)
+    # An unknown backend, or vllm without its package, fails here (check_backend), before any model is loaded.
+    target = load_target(model_weights(model_dir), cfg.generation, "eval.generation")
+    # The prompt format every backend renders (format_prompt reads target.cfg at each call): from `chat`.
+    gen = cfg.generation.model_copy(update=ChatFormat.resolve(chat, target.tok).generation_fields())
+    target.cfg = gen
+    cfg = cfg.model_copy(update={"generation": gen})
+
+    metrics: dict[str, Any] = {"asr": {}, "asr_detail": {}, "n": {}, "halt": {}, "refusal_positions": {}, "seconds": {},
+                               "attack_stats": {}, "scoring": _scoring(cfg, attacks, judges)}
+    rows: dict[str, list[dict[str, Any]]] = {"responses": [], "verdicts": []}
+    for name, attack in attacks.items():
+        _attack(cfg, name, attack, judges[name], questions, target, metrics, rows)
+    metrics["helpfulness"], metrics["helpfulness_detail"], metrics["skipped"] = {}, {}, {}
+    rows["helpful"] = _helpfulness(cfg, hrows, target, metrics)
+    rows["alpacaeval"] = _alpacaeval(cfg, alpaca_items, alpaca_skip, target, metrics)
+    rows["overrefusal"] = _over_refusal(cfg, orows, target, or_judge, metrics)
+    all_pos = [p for ps in metrics["refusal_positions"].values() for p in ps]
+    metrics["refusal_position"] = refusal_summary(all_pos)
+    metrics["split"] = cfg.split
+    # Run times go to MLflow, not into metrics.json: two runs of a stage hash alike.
+    live.log_metrics({f"seconds_{k}": v for k, v in metrics.pop("seconds").items()})
+    live.log_metrics({f"asr_{k}": v for k, v in metrics["asr"].items() if v is not None}
+                     | {f"helpfulness_{k}": v for k, v in metrics["helpfulness"].items() if v is not None})
+    _write(out_dir, rows, metrics)
+    return metrics
+
+
+def _split_rows(cfg: EvalConfig, src: Path) -> tuple[list[Question], list[dict[str, Any]], list[dict[str, str]]]:
+    """The split's harmful questions, helpful rows (each kind has a scorer) and over-refusal prompts."""
     qrows = read_jsonl(src / f"{cfg.split}_harmful.jsonl", {"id": str, "question": str}, non_empty=["question"], unique_key="id")
     helpful_file = src / f"{cfg.split}_helpful.jsonl"
     hrows = read_jsonl(helpful_file, {"id": str, "question": str, "answer": str}, unique_key="id")
@@ -189,72 +229,63 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
         qrows = qrows[: cfg.max_questions]
     if cfg.max_helpful:
         hrows = first_per_bench(hrows, cfg.max_helpful)
-    questions = [Question.from_dict(r) for r in qrows]
-    qtext = {q.id: q.question for q in questions}
-    # Bad attack/judge names or configs fail here, before the model is loaded.
-    # Replayed release prompts (release:<set>) are read from the source dir's benchmarks/.
-    attacks = {name: get_attack(name, acfg, seed=cfg.seed, **({"source_dir": src} if name.startswith(RELEASE_PREFIX) else {}))
-               for name, acfg in cfg.attacks.items() if acfg is not None}
-    slots = source_slots(src)
-    judges = {name: _judge(cfg.judges.get(name, cfg.judge), cfg.judge_config if cfg.judges.get(name, cfg.judge) == cfg.judge else {},
-                           chat.refusal_word, slots) for name in attacks}
-    or_judge = _judge(cfg.judge, cfg.judge_config, chat.refusal_word, slots)
-    scoring = {"judges": {name: j.fingerprint() for name, j in judges.items()},
-               "attacks_sha256": {name: attack_sha256(cfg, name, a) for name, a in attacks.items()},
-               "generation_sha256": _sha256(cfg.generation.model_dump(mode="json"))}
-    scoring["attack_set_sha256"] = _sha256(scoring["attacks_sha256"])
     # Helpful rows: the row's kind names its benchmark (derta.helpfulness.benchmark_of).
     bad_kinds = sorted({repr(r.get("kind")) for r in hrows if benchmark_of(r.get("kind")) is None})
     if bad_kinds:
         raise DataError(str(helpful_file), 0, "kind", f"no scorer for helpful kind(s) {', '.join(bad_kinds)}; valid: "
                         f"{sorted(SCORERS)} or a mini-world question type")
-    alpaca_skip = cfg.alpacaeval.skip_reason()
-    alpaca_items = None if alpaca_skip else read_items(cfg.alpacaeval.questions_file)
-    # An unknown backend, or vllm without its package, fails here (check_backend), before any model is loaded.
-    target = load_target(model_weights(model_dir), cfg.generation, "eval.generation")
-    tok = target.tok
-    # The prompt format every backend renders (format_prompt reads target.cfg at each call): from `chat`.
-    gen = cfg.generation.model_copy(update=ChatFormat.resolve(chat, tok).generation_fields())
-    target.cfg = gen
-    cfg = cfg.model_copy(update={"generation": gen})
+    return [Question.from_dict(r) for r in qrows], hrows, orows
 
-    responses: list[dict[str, Any]] = []
-    verdicts: list[dict[str, Any]] = []
-    metrics: dict[str, Any] = {"asr": {}, "asr_detail": {}, "n": {}, "halt": {}, "refusal_positions": {}, "seconds": {},
-                               "attack_stats": {}, "scoring": scoring}
-    for name, attack in attacks.items():
-        t0 = time.perf_counter()
-        cap = cfg.attack_questions.get(name, 0)
-        prompts: list[AttackPrompt] = attack.build(questions[:cap] if cap else questions, target)
-        outs = target.generate(prompts)
-        judge_name, judge = cfg.judges.get(name, cfg.judge), judges[name]
-        # The judge reads the model's words in their context: what the attacker wrote
-        # for the model to continue (a prefill, or a raw opening such as
-        # CompletingAttack's "Here is how to X. Step 1:") is the response's start,
-        # and never counts as the model's own steps.
-        items = [JudgeInput(id=p.id, question=qtext[p.question_id], response=_given(p) + o, attack=name, prefill=_given(p))
-                 for p, o in zip(prompts, outs)]
-        vs = judge.judge(items)
-        positions = []
-        for p, item, v in zip(prompts, items, vs):
-            pos = refusal_token_position(tok, item.response, v.refusal_char)
-            responses.append({"id": p.id, "attack": name, "question_id": p.question_id, "prompt": format_prompt(p, cfg.generation, tok),
-                              "prefill": item.prefill, "response": item.response, "meta": p.meta})
-            verdicts.append({**v.to_dict(), "attack": name, "judge": judge_name, "refusal_pos": pos, "question_id": p.question_id})
-            if pos is not None:
-                positions.append(pos)
-        decided = [v for v in vs if v.error is None]
-        detail = rate_detail(sum(v.unsafe for v in decided), len(decided), len(vs) - len(decided), key="asr", count_key="unsafe")
-        metrics["asr"][name] = detail["asr"]
-        metrics["asr_detail"][name] = detail
-        metrics["n"][name] = len(vs)
-        metrics["halt"][name] = sum(v.halt for v in vs)
-        metrics["refusal_positions"][name] = positions
-        metrics["attack_stats"][name] = dict(getattr(attack, "stats", {}) or {})
-        metrics["seconds"][name] = round(time.perf_counter() - t0, 2)
-        log.info("%s: ASR %s%% %s over %d decided verdicts, %d undecided (%.1fs)", name, detail["asr"], detail["ci95"],
-                 detail["n"], detail["errors"], metrics["seconds"][name])
 
+def _scoring(cfg: EvalConfig, attacks: dict[str, Attack], judges: dict[str, Judge]) -> dict[str, Any]:
+    """What the scores depend on besides the model: each judge's fingerprint, each attack's and the generation's hash."""
+    scoring = {"judges": {name: j.fingerprint() for name, j in judges.items()},
+               "attacks_sha256": {name: attack_sha256(cfg, name, a) for name, a in attacks.items()},
+               "generation_sha256": _sha256(cfg.generation.model_dump(mode="json"))}
+    scoring["attack_set_sha256"] = _sha256(scoring["attacks_sha256"])
+    return scoring
+
+
+def _attack(cfg: EvalConfig, name: str, attack: Attack, judge: Judge, questions: list[Question], target: Target,
+            metrics: dict[str, Any], rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Build one attack's prompts, generate, judge; add its responses and verdicts to ``rows`` and its ASR to ``metrics``."""
+    t0 = time.perf_counter()
+    cap = cfg.attack_questions.get(name, 0)
+    prompts: list[AttackPrompt] = attack.build(questions[:cap] if cap else questions, target)
+    outs = target.generate(prompts)
+    judge_name, qtext, tok = cfg.judges.get(name, cfg.judge), {q.id: q.question for q in questions}, target.tok
+    # The judge reads the model's words in their context: what the attacker wrote
+    # for the model to continue (a prefill, or a raw opening such as
+    # CompletingAttack's "Here is how to X. Step 1:") is the response's start,
+    # and never counts as the model's own steps.
+    items = [JudgeInput(id=p.id, question=qtext[p.question_id], response=_given(p) + o, attack=name, prefill=_given(p))
+             for p, o in zip(prompts, outs)]
+    vs = judge.judge(items)
+    positions = []
+    for p, item, v in zip(prompts, items, vs):
+        pos = refusal_token_position(tok, item.response, v.refusal_char)
+        rows["responses"].append({"id": p.id, "attack": name, "question_id": p.question_id,
+                                  "prompt": format_prompt(p, cfg.generation, tok), "prefill": item.prefill,
+                                  "response": item.response, "meta": p.meta})
+        rows["verdicts"].append({**v.to_dict(), "attack": name, "judge": judge_name, "refusal_pos": pos,
+                                 "question_id": p.question_id})
+        if pos is not None:
+            positions.append(pos)
+    decided = [v for v in vs if v.error is None]
+    detail = rate_detail(sum(v.unsafe for v in decided), len(decided), len(vs) - len(decided), key="asr", count_key="unsafe")
+    metrics["asr"][name] = detail["asr"]
+    metrics["asr_detail"][name] = detail
+    metrics["n"][name] = len(vs)
+    metrics["halt"][name] = sum(v.halt for v in vs)
+    metrics["refusal_positions"][name] = positions
+    metrics["attack_stats"][name] = dict(getattr(attack, "stats", {}) or {})
+    metrics["seconds"][name] = round(time.perf_counter() - t0, 2)
+    log.info("%s: ASR %s%% %s over %d decided verdicts, %d undecided (%.1fs)", name, detail["asr"], detail["ci95"],
+             detail["n"], detail["errors"], metrics["seconds"][name])
+
+
+def _helpfulness(cfg: EvalConfig, hrows: list[dict[str, Any]], target: Target, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Answer and score the helpful questions; each benchmark's accuracy goes to ``metrics``."""
     t0 = time.perf_counter()
     helpful_out = helpful_responses(hrows, target, cfg.helpful_max_new_tokens)
     scored = []
@@ -262,7 +293,6 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
         bench = benchmark_of(r.get("kind"))
         scored.append({"id": r["id"], "bench": bench, "kind": r.get("kind"), "question": r["question"], "answer": r["answer"],
                        "response": o, "correct": get_scorer(bench)(o, r["answer"])})
-    metrics["helpfulness"], metrics["helpfulness_detail"], metrics["skipped"] = {}, {}, {}
     for bench in sorted({s["bench"] for s in scored}):
         detail = accuracy_detail(s["correct"] for s in scored if s["bench"] == bench)
         metrics["helpfulness"][bench] = detail["accuracy"]
@@ -270,37 +300,45 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
         log.info("helpfulness %s: %s%% %s of %d", bench, detail["accuracy"], detail["ci95"], detail["n"])
     metrics["n"]["helpful"] = len(scored)
     metrics["seconds"]["helpful"] = round(time.perf_counter() - t0, 2)
+    return scored
 
-    alpaca_rows = []
-    if alpaca_skip:
-        metrics["skipped"]["alpacaeval"] = alpaca_skip
-        log.info("alpacaeval skipped: %s", alpaca_skip)
-    else:
-        t0 = time.perf_counter()
-        instructions, references = alpaca_items
-        k = cfg.alpacaeval.judge.max_items or len(instructions)
-        instructions, references = instructions[:k], references[:k]
-        alpaca_prompts = [AttackPrompt(id=f"alpacaeval-{i:05d}", question_id=f"alpacaeval-{i:05d}", attack="helpful", text=q)
-                          for i, q in enumerate(instructions)]
-        alpaca_out = target.generate(alpaca_prompts)
-        res = alpacaeval_or_skip(cfg.alpacaeval.judge, instructions, alpaca_out, references)
-        if "skipped" in res:  # skip_reason() checked the same fields first
-            metrics["skipped"]["alpacaeval"] = res["skipped"]
-        else:
-            metrics["helpfulness"]["alpacaeval"] = res["win_rate"]
-            metrics["helpfulness_detail"]["alpacaeval"] = res
-            metrics["n"]["alpacaeval"] = res["n"]
-            log.info("alpacaeval: win rate %s%% over %d (judge %s)", res["win_rate"], res["n"], res["judge"])
-        alpaca_rows = [{"id": p.id, "instruction": q, "reference": ref, "response": o}
-                       for p, q, ref, o in zip(alpaca_prompts, instructions, references, alpaca_out)]
-        metrics["seconds"]["alpacaeval"] = round(time.perf_counter() - t0, 2)
 
+def _alpacaeval(cfg: EvalConfig, items: tuple[list[str], list[str]] | None, skip: str | None, target: Target,
+                metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """AlpacaEval's win rate, or why it was skipped, in ``metrics``; its rows (none when skipped)."""
+    if skip:
+        metrics["skipped"]["alpacaeval"] = skip
+        log.info("alpacaeval skipped: %s", skip)
+        return []
     t0 = time.perf_counter()
-    refusals = over_refusal(orows, target, or_judge)
+    instructions, references = items  # type: ignore[misc]
+    k = cfg.alpacaeval.judge.max_items or len(instructions)
+    instructions, references = instructions[:k], references[:k]
+    prompts = [AttackPrompt(id=f"alpacaeval-{i:05d}", question_id=f"alpacaeval-{i:05d}", attack="helpful", text=q)
+               for i, q in enumerate(instructions)]
+    outs = target.generate(prompts)
+    res = alpacaeval_or_skip(cfg.alpacaeval.judge, instructions, outs, references)
+    if "skipped" in res:  # skip_reason() checked the same fields first
+        metrics["skipped"]["alpacaeval"] = res["skipped"]
+    else:
+        metrics["helpfulness"]["alpacaeval"] = res["win_rate"]
+        metrics["helpfulness_detail"]["alpacaeval"] = res
+        metrics["n"]["alpacaeval"] = res["n"]
+        log.info("alpacaeval: win rate %s%% over %d (judge %s)", res["win_rate"], res["n"], res["judge"])
+    metrics["seconds"]["alpacaeval"] = round(time.perf_counter() - t0, 2)
+    return [{"id": p.id, "instruction": q, "reference": ref, "response": o}
+            for p, q, ref, o in zip(prompts, instructions, references, outs)]
+
+
+def _over_refusal(cfg: EvalConfig, orows: list[dict[str, str]], target: Target, judge: Judge,
+                  metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The over-refusal rate on safe prompts, in ``metrics``; one row per prompt."""
+    t0 = time.perf_counter()
+    refusals = over_refusal(orows, target, judge)
     n_or = sum(r["refused"] is not None for r in refusals)
     metrics["over_refusal"] = {
         **rate_detail(sum(bool(r["refused"]) for r in refusals), n_or, len(refusals) - n_or, key="rate", count_key="refused"),
-        "set": cfg.over_refusal.set, "judge": or_judge.fingerprint(),
+        "set": cfg.over_refusal.set, "judge": judge.fingerprint(),
         "prompts_sha256": _sha256([[r["id"], r["prompt"]] for r in orows]),
     }
     metrics["n"]["over_refusal"] = len(refusals)
@@ -308,24 +346,18 @@ def run(cfg: EvalConfig, model_dir: str | Path, src_dir: str | Path, out_dir: st
     if refusals:
         log.info("over-refusal (%s): %s%% %s of %d safe prompts refused", cfg.over_refusal.set, metrics["over_refusal"]["rate"],
                  metrics["over_refusal"]["ci95"], n_or)
-    all_pos = [p for ps in metrics["refusal_positions"].values() for p in ps]
-    metrics["refusal_position"] = refusal_summary(all_pos)
-    metrics["split"] = cfg.split
-    # Run times go to MLflow, not into metrics.json: two runs of a stage hash alike.
-    live.log_metrics({f"seconds_{k}": v for k, v in metrics.pop("seconds").items()})
-    live.log_metrics({f"asr_{k}": v for k, v in metrics["asr"].items() if v is not None}
-                     | {f"helpfulness_{k}": v for k, v in metrics["helpfulness"].items() if v is not None})
+    return refusals
 
+
+def _write(out_dir: str | Path, rows: dict[str, list[dict[str, Any]]], metrics: dict[str, Any]) -> None:
+    """Every file of the evaluation at once (atomic_path): a failed run leaves the last complete one."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        write_jsonl(tmp / "responses.jsonl", responses)
-        write_jsonl(tmp / "verdicts.jsonl", verdicts)
-        write_jsonl(tmp / "helpful.jsonl", scored)
-        write_jsonl(tmp / "overrefusal.jsonl", refusals)
-        if alpaca_rows:
-            write_jsonl(tmp / "alpacaeval.jsonl", alpaca_rows)
+        for name in ("responses", "verdicts", "helpful", "overrefusal"):
+            write_jsonl(tmp / f"{name}.jsonl", rows[name])
+        if rows["alpacaeval"]:
+            write_jsonl(tmp / "alpacaeval.jsonl", rows["alpacaeval"])
         write_json(tmp / "metrics.json", metrics)
-    return metrics
 
 
 def helpful_responses(rows: list[dict[str, Any]], target: Target, max_new: dict[str, int]) -> list[str]:

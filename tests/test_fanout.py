@@ -9,7 +9,6 @@ models of the fan-out and of a serial ``dvc repro`` hash alike.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -148,6 +148,30 @@ class Stream:
         return max(reversed(self.history), key=lambda t: t.score) if self.history else None
 
 
+def _target_string(question: str) -> str:
+    """The response a jailbreak is scored toward: "Sure, here is how to <task>" (or "Sure, here is")."""
+    task, _rule = question_to_task(question)
+    return f"Sure, here is how to {task}" if task else "Sure, here is"
+
+
+@dataclass
+class _Search:
+    """What PAIR has found so far: per question id, the best turn (turn, stream, iteration), target queries
+    made, and whether a turn reached the success score (its streams stop)."""
+
+    queries: dict[str, int]
+    best: dict[str, tuple[Turn, int, int]] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+
+    def record(self, stream: Stream, iteration: int, turn: Turn, *, jailbroken: bool) -> None:
+        qid = stream.question.id
+        self.queries[qid] += 1
+        if qid not in self.best or turn.score > self.best[qid][0].score:
+            self.best[qid] = (turn, stream.index, iteration)
+        if jailbroken:
+            self.done.add(qid)
+
+
 @dataclass
 class Proposal:
     improvement: str
@@ -412,14 +436,8 @@ class Pair(Attack):
         cfg: PairConfig = self.cfg  # type: ignore[assignment]
         target = self.require_target(target)
         qs = questions[: cfg.n_questions] if cfg.n_questions else list(questions)
-        streams = []
-        for q in qs:
-            task, _rule = question_to_task(q.question)
-            target_str = f"Sure, here is how to {task}" if task else "Sure, here is"
-            streams += [Stream(q, s, q.question, target_str, self.rng(q.id, s)) for s in range(cfg.streams)]
-        best: dict[str, tuple[Turn, int, int]] = {}  # question id -> (turn, stream, iteration)
-        queries = {q.id: 0 for q in qs}
-        done: set[str] = set()
+        streams = [Stream(q, s, q.question, _target_string(q.question), self.rng(q.id, s)) for q in qs for s in range(cfg.streams)]
+        search = _Search(queries={q.id: 0 for q in qs})
         attacker = self._attacker()
         try:
             judge = self._judge()
@@ -428,60 +446,50 @@ class Pair(Attack):
             raise
         try:
             for it in range(1, cfg.iterations + 1):
-                live = [st for st in streams if st.question.id not in done]
+                live = [st for st in streams if st.question.id not in search.done]
                 if not live:
                     break
-                proposals = attacker.propose(live)
-                pairs = [(st, p) for st, p in zip(live, proposals) if p is not None]
-                self.count("attacker_invalid", len(live) - len(pairs))
-                if not pairs:
-                    continue
-                prompts = [
-                    AttackPrompt(
-                        id=stable_id(self.name, st.question.id, f"s{st.index}i{it}"),
-                        question_id=st.question.id,
-                        attack=self.name,
-                        text=p.prompt,
-                        meta={"stream": st.index, "iteration": it},
-                    )
-                    for st, p in pairs
-                ]
-                responses = target.generate(prompts, cfg.target_max_new_tokens)
-                if len(responses) != len(prompts):
-                    raise ValueError(f"target.generate returned {len(responses)} responses for {len(prompts)} prompts")
-                scores = judge.score([(st.question, p.prompt, r) for (st, p), r in zip(pairs, responses)])
-                self.count("target_queries", len(pairs))
-                for (st, p), response, score in zip(pairs, responses, scores):
-                    turn = Turn(p.prompt, p.improvement, response, score)
-                    st.history.append(turn)
-                    qid = st.question.id
-                    queries[qid] += 1
-                    if qid not in best or score > best[qid][0].score:
-                        best[qid] = (turn, st.index, it)
-                    if score >= cfg.success_score:
-                        done.add(qid)
-                    attacker.observe(st, p, response, score)
+                self._iterate(it, live, attacker, judge, target, search)
         finally:
             self.count("attacker_unparsable_replies", getattr(attacker, "invalid", 0))
             attacker.close()
             judge.close()
-        out = []
-        for q in qs:
-            if q.id not in best:
-                self.count("fallback_no_prompt")
-                meta = {"score": None, "stream": None, "iteration": None, "queries": 0, "fallback": True}
-                out.append(self.prompt(q, q.question, "best", meta=meta))
-                continue
-            turn, s, it = best[q.id]
-            meta = {
-                "score": turn.score,
-                "stream": s,
-                "iteration": it,
-                "queries": queries[q.id],
-                "improvement": turn.improvement,
-                "jailbroken": turn.score >= cfg.success_score,
-            }
-            out.append(self.prompt(q, turn.prompt, "best", meta=meta))
+        out = [self._best_prompt(q, search) for q in qs]
         if self.stats.get("fallback_no_prompt"):
             log.warning("pair: %d question(s) got no valid attacker prompt", self.stats["fallback_no_prompt"])
         return out
+
+    def _iterate(self, it: int, live: list[Stream], attacker: Any, judge: Any, target: Target, search: _Search) -> None:
+        """One PAIR iteration: every live stream proposes a prompt, the target answers, the judge scores."""
+        cfg: PairConfig = self.cfg  # type: ignore[assignment]
+        proposals = attacker.propose(live)
+        pairs = [(st, p) for st, p in zip(live, proposals) if p is not None]
+        self.count("attacker_invalid", len(live) - len(pairs))
+        if not pairs:
+            return
+        prompts = [
+            AttackPrompt(id=stable_id(self.name, st.question.id, f"s{st.index}i{it}"), question_id=st.question.id,
+                         attack=self.name, text=p.prompt, meta={"stream": st.index, "iteration": it})
+            for st, p in pairs
+        ]
+        responses = target.generate(prompts, cfg.target_max_new_tokens)
+        if len(responses) != len(prompts):
+            raise ValueError(f"target.generate returned {len(responses)} responses for {len(prompts)} prompts")
+        scores = judge.score([(st.question, p.prompt, r) for (st, p), r in zip(pairs, responses)])
+        self.count("target_queries", len(pairs))
+        for (st, p), response, score in zip(pairs, responses, scores):
+            turn = Turn(p.prompt, p.improvement, response, score)
+            st.history.append(turn)
+            search.record(st, it, turn, jailbroken=score >= cfg.success_score)
+            attacker.observe(st, p, response, score)
+
+    def _best_prompt(self, q: Question, search: _Search) -> AttackPrompt:
+        """The question's best-scored prompt, or (no valid attacker prompt at all) the question itself."""
+        if q.id not in search.best:
+            self.count("fallback_no_prompt")
+            meta = {"score": None, "stream": None, "iteration": None, "queries": 0, "fallback": True}
+            return self.prompt(q, q.question, "best", meta=meta)
+        turn, s, it = search.best[q.id]
+        meta = {"score": turn.score, "stream": s, "iteration": it, "queries": search.queries[q.id],
+                "improvement": turn.improvement, "jailbroken": turn.score >= self.cfg.success_score}  # type: ignore[attr-defined]
+        return self.prompt(q, turn.prompt, "best", meta=meta)

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from derta.judges.cli import judge_file
 from derta.judges import get_judge

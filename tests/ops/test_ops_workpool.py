@@ -8,11 +8,8 @@ import inspect
 import json
 import subprocess
 import sys
-import time
 
-import psutil
 import pytest
-import yaml
 
 from flows import derta_flow as fl
 from tests.pipeline_helpers import REPO
