@@ -30,9 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from derta import live, stages
+from derta.config import load_params
 from derta.findings import findings
 from derta.io import sha256_file, write_json, write_text
 
@@ -117,7 +116,7 @@ class Pipeline:
         would not reach it), or its committed pipeline is stale."""
         if not self.profile:
             return
-        profiles = yaml.safe_load(Path(params_file).read_text()).get("profiles") or {}
+        profiles = load_params(params_file).get("profiles") or {}
         if self.profile not in profiles:
             raise SystemExit(f"{params_file}: no profile {self.profile!r} (profiles: {', '.join(sorted(profiles))})")
         profile = profiles[self.profile] or {}
