@@ -37,6 +37,21 @@ def entry(fn: Callable[[], object]) -> None:
         params = argv[argv.index("--params") + 1] if "--params" in argv[:-1] else "params.yaml"
         print(f"error: {params}: {err}", file=sys.stderr)
         sys.exit(2)
+    end_distributed()
+
+
+def end_distributed() -> None:
+    """Tear down the process group a launcher's rank set up (DeepSpeed, torchrun), after a stage succeeded.
+
+    Left to the interpreter's exit, gloo's worker threads can outlive it and abort the rank ("terminate called
+    without an active exception", exit 250) after all its work is done. Only on success: a rank that failed
+    must not wait in a barrier for the others. A no-op where torch.distributed was never imported or started.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def chat_format(params: dict, profile: str | None, tokenizer_dir: str | None = None):

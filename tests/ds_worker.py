@@ -90,6 +90,7 @@ def main() -> None:
     import torch
 
     from derta.train import TrainConfig, train
+    from steps._common import end_distributed
 
     torch.set_num_threads(1)
     cfg = TrainConfig(**{"refusal_word": " Sorry", "logging_steps": 1, **json.loads(a.config)})
@@ -115,6 +116,7 @@ def main() -> None:
         "gradient_accumulation_steps": summary["gradient_accumulation_steps"], "global_step": summary["global_step"],
         "deepspeed_enabled": summary["deepspeed_enabled"],
     }))
+    end_distributed()
 
 
 if __name__ == "__main__":
