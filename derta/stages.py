@@ -155,6 +155,12 @@ def render_text(name: str, dvc_yaml: str | Path = "dvc.yaml", params_file: str |
     return HEADER.format(name=name) + yaml.safe_dump(doc, sort_keys=False, width=120, allow_unicode=True)
 
 
+def is_current(name: str, dvc_yaml: str | Path = "dvc.yaml", params_file: str | Path = "params.yaml") -> bool:
+    """Whether runs/NAME/dvc.yaml exists and is what :func:`render_text` writes from the root dvc.yaml and params."""
+    path = stages_path(name)
+    return path.exists() and path.read_text(encoding="utf-8") == render_text(name, dvc_yaml, params_file)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("profile-stages", help="write runs/NAME/dvc.yaml: the pipeline of one profile under its own paths")
     p.add_argument("profile", help="profile name in params.yaml (profiles.<name>)")
@@ -164,14 +170,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    text = render_text(args.profile)
     path = stages_path(args.profile)
     if args.check:
-        same = path.exists() and path.read_text(encoding="utf-8") == text
+        same = is_current(args.profile)
         print(f"{path}: {'up to date' if same else 'differs from the root dvc.yaml and params.yaml; run derta profile-stages ' + args.profile}",
               file=sys.stdout if same else sys.stderr)
         return 0 if same else 1
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    path.write_text(render_text(args.profile), encoding="utf-8")
     print(f"wrote {path}: dvc repro {path}")
     return 0

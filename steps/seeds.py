@@ -124,9 +124,8 @@ class Pipeline:
         if own:
             raise SystemExit(f"{params_file}: profile {self.profile} sets {', '.join(own)} itself; "
                              "make seeds varies the base keys, so remove them from the profile")
-        path = stages.stages_path(self.profile)
-        if not path.exists() or path.read_text() != stages.render_text(self.profile, params_file=params_file):
-            raise SystemExit(f"{path} is missing or stale: run `python -m derta.cli profile-stages {self.profile}`")
+        if not stages.is_current(self.profile, params_file=params_file):
+            raise SystemExit(f"{stages.stages_path(self.profile)} is missing or stale: run `python -m derta.cli profile-stages {self.profile}`")
 
 
 def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s: float = 5.0,
