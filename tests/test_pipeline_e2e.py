@@ -74,8 +74,3 @@ def test_dvc_repro_small(tmp_path):
     assert "Stage 'train@vanilla' didn't change" in out and "Running stage 'train@vanilla'" not in out, out
     assert "Running stage 'evaluate@vanilla'" not in out, out
     subprocess.run(["git", "checkout", "params.yaml"], cwd=ws, env=e, check=True, capture_output=True)
-
-    # An experiment with another data seed runs the whole graph again.
-    subprocess.run(["git", "add", "-A"], cwd=ws, env=e, check=True, capture_output=True)
-    subprocess.run(["git", "commit", "-q", "-m", "run"], cwd=ws, env=e, check=True, capture_output=True)
-    out, _ = _dvc(ws, "exp", "run", "-S", "data.seed=1", e=e)
