@@ -66,8 +66,9 @@ run: venv
 
 # PREFECT_HOME and the MLflow store live in a temp dir so tests touch nothing in the repo.
 # `make test` + `make test-all` = the whole suite, each test once (marker `e2e`, pyproject.toml).
+# --durations: the slowest tests are printed, so a CI log shows where a time budget goes.
 PYTEST_RUN = home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
-	PREFECT_HOME="$$home/prefect" MLFLOW_TRACKING_URI="sqlite:///$$home/mlflow.db" $(VPY) -m pytest -q
+	PREFECT_HOME="$$home/prefect" MLFLOW_TRACKING_URI="sqlite:///$$home/mlflow.db" $(VPY) -m pytest -q --durations=15
 
 test: venv
 	$(PYTEST_RUN) -m "not e2e" $(PYTEST_ARGS)
