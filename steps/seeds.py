@@ -243,6 +243,16 @@ def exp_commit(name: str) -> str:
     raise SystemExit(f"no DVC experiment named {name} (dvc exp list)")
 
 
+def share_cores(jobs: int, environ: dict[str, str] | None = None, cpus: int | None = None) -> int:
+    """Give each of ``jobs`` experiments at once its share of the cores as torch threads (``DERTA_THREADS``, read
+    by derta.modeling.set_threads) unless the caller set it: ``jobs`` processes each using every core would
+    oversubscribe them. Returns the threads per experiment."""
+    environ = os.environ if environ is None else environ
+    if not environ.get("DERTA_THREADS"):
+        environ["DERTA_THREADS"] = str(max(1, (cpus or os.cpu_count() or 1) // max(1, jobs)))
+    return int(environ["DERTA_THREADS"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -266,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             todo.append(s)
     if todo:
+        print(f"[seeds] {min(a.jobs, len(todo))} experiment(s) at once, {share_cores(a.jobs)} torch thread(s) each "
+              "(DERTA_THREADS)", flush=True)
         for s, summary in queue_seeds(todo, a.jobs, dvc, a.timeout, pipeline=pipeline).items():
             summary = {"provenance": here, **summary}
             write_json(out / f"seed-{s}.json", summary)

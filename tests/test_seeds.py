@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from steps.seeds import Pipeline, aggregate, markdown, mean_summary, reusable, supervise
+from steps.seeds import Pipeline, aggregate, markdown, mean_summary, reusable, share_cores, supervise
 from tests.pipeline_helpers import VENV_BIN, env, init_mlflow_store, make_workspace
 
 
@@ -121,6 +121,15 @@ def _fake_queue(*states):
         return dict(states[i])
 
     return seen, (lambda: seen.__setitem__("starts", seen["starts"] + 1)), status
+
+
+def test_experiments_at_once_share_the_cores_unless_the_threads_are_set():
+    environ = {}
+    assert share_cores(2, environ, cpus=2) == 1 and environ["DERTA_THREADS"] == "1"
+    assert share_cores(1, {}, cpus=8) == 8
+    assert share_cores(3, {}, cpus=8) == 2
+    assert share_cores(4, {}, cpus=2) == 1  # never 0: at least one thread each
+    assert share_cores(2, {"DERTA_THREADS": "4"}, cpus=2) == 4  # the caller's choice stands
 
 
 def test_supervise_returns_when_every_experiment_has_ended():
