@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from steps.seeds import Pipeline, aggregate, markdown, mean_summary, reusable, share_cores, supervise
-from tests.pipeline_helpers import VENV_BIN, env, init_mlflow_store, make_workspace
+from tests.pipeline_helpers import REPO, VENV_BIN, env, init_mlflow_store, make_workspace
 
 
 def _summary(asr, helpful, at0):
@@ -121,6 +121,21 @@ def _fake_queue(*states):
         return dict(states[i])
 
     return seen, (lambda: seen.__setitem__("starts", seen["starts"] + 1)), status
+
+
+COMMITTED_SEEDS = sorted(p.parent for p in REPO.glob("reports/**/seeds/summary.json"))
+
+
+@pytest.mark.parametrize("folder", COMMITTED_SEEDS, ids=lambda p: str(p.relative_to(REPO)))
+def test_a_committed_mean_is_the_mean_of_its_committed_seeds(folder):
+    """reports/**/seeds/summary.json and summary.md are what steps.seeds makes of the seed-S.json beside them, and
+    every seed was run from one commit and params (no hand edit, no seed from another code)."""
+    per_seed = {int(f.stem.split("-")[1]): json.loads(f.read_text()) for f in folder.glob("seed-*.json")}
+    assert len(per_seed) >= 3, f"{folder}: {sorted(per_seed)}"
+    assert len({json.dumps(s["provenance"], sort_keys=True) for s in per_seed.values()}) == 1, folder
+    agg = aggregate(dict(sorted(per_seed.items())))
+    assert json.loads((folder / "summary.json").read_text()) == json.loads(json.dumps(agg)), folder
+    assert (folder / "summary.md").read_text() == markdown(agg), folder
 
 
 def test_experiments_at_once_share_the_cores_unless_the_threads_are_set():
