@@ -276,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             todo.append(s)
     if todo:
-        print(f"[seeds] {min(a.jobs, len(todo))} experiment(s) at once, {share_cores(a.jobs)} torch thread(s) each "
-              "(DERTA_THREADS)", flush=True)
+        threads = share_cores(a.jobs)
+        print(f"[seeds] {min(a.jobs, len(todo))} experiment(s) at once, {threads} torch thread(s) each (DERTA_THREADS)",
+              flush=True)
         for s, summary in queue_seeds(todo, a.jobs, dvc, a.timeout, pipeline=pipeline).items():
             summary = {"provenance": here, **summary}
             write_json(out / f"seed-{s}.json", summary)

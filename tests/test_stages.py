@@ -1,7 +1,10 @@
 """derta.stages: a profile's pipeline is the root dvc.yaml under its own paths, params and lock."""
 
 import copy
+import json
 import re
+import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -122,9 +125,6 @@ def test_editing_one_profile_changes_no_param_of_another(params):
 
 def _copy_repo(dest):
     """The repo's files and its committed locks, without outputs: a copy `dvc status` can read."""
-    import shutil
-    import subprocess
-
     from tests.pipeline_helpers import env, repo_files
 
     for f in [*repo_files(), "dvc.lock"]:
@@ -137,16 +137,12 @@ def _changed_code_or_params(workdir, pipeline):
     """`dvc status --json PIPELINE`'s changes other than absent data: a changed param, or a changed dep that is
     code rather than another stage's output. Outputs are absent from a copy, so 'deleted' is all a current stage
     may report."""
-    import json
-    import subprocess
-
     from tests.pipeline_helpers import VENV_BIN, env
 
     out = subprocess.run([str(VENV_BIN / "dvc"), "status", "--json", pipeline], cwd=workdir, env=env(), check=True,
                          capture_output=True, text=True).stdout
     status = json.loads(out)
-    lock_path = workdir / (pipeline[: -len("dvc.yaml")] + "dvc.lock")
-    lock = yaml.safe_load(lock_path.read_text())["stages"]
+    lock = yaml.safe_load((workdir / pipeline).with_name("dvc.lock").read_text())["stages"]
     data = {o["path"] for e in lock.values() for o in e.get("outs", [])}  # other stages' outputs: absent from the copy
     is_data = lambda path: any(path == d or path.startswith(d + "/") or d.startswith(path + "/") for d in data)  # noqa: E731
     changed = {}
