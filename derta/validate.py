@@ -42,7 +42,7 @@ from derta.config import StepConfig
 from derta.errors import ConfigError, DataError
 from derta.io import read_jsonl, write_json
 from derta.miniworld import normalize_question, word_units
-from derta.variants import SynthesizeConfig, expected_counts, helpful_rows
+from derta.variants import SynthesizeConfig, expected_counts, helpful_rows, is_short_answer, n_helpful_records
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -566,7 +566,7 @@ def gate_variants(
     helpful_by_id = {r["id"]: r for r in helpful}
     n_helpful = synth_cfg.n_helpful or len(helpful)
     try:
-        expected = expected_counts(synth_cfg, n_helpful)
+        expected = expected_counts(synth_cfg, n_helpful_records(synth_cfg, helpful[:n_helpful]))
     except KeyError as err:
         raise ConfigError(f"gate_variants: unknown variant {err}") from None
     heldout_q = sorted({q for qs in heldout_questions(src).values() for q in qs})
@@ -588,7 +588,7 @@ def gate_variants(
             df["_leak"] = _contains_any(df["prefix"], heldout_q, leak_cache)
             ds.checks += b.flag_false("no_heldout_question:prefix", "_leak", "prefix",
                                       "no eval/dev/benchmark question occurs in the (normalized) prefix")
-        ds.checks += b.duplicates(df, ["prefix", "text"], cfg.duplicate_rate(variant, "variants"))
+        ds.checks += b.duplicates(df, ["prefix", "text"] + _repeat_column(df, synth_cfg), cfg.duplicate_rate(variant, "variants"))
         datasets.append(ds)
 
     datasets.append(_dpo_dataset(vdir / "dpo_pairs.jsonl", synth_cfg, safety, heldout_q, leak_cache, b, cfg))
@@ -596,6 +596,18 @@ def gate_variants(
     if raise_on_fail:
         _raise_if_failed("variants", report)
     return report
+
+
+def _repeat_column(df: pd.DataFrame, synth: SynthesizeConfig) -> list[str]:
+    """With short_answer_repeats > 1: column ``_repeat`` numbers the intended copies of a short helpful
+    answer (0 .. repeats - 1), so that only copies beyond them count as duplicates. Otherwise no column."""
+    if synth.short_answer_repeats == 1:
+        return []
+    answer = df["text"].str.removesuffix(synth.eos)
+    short = df["kind"].eq("helpful") & answer.map(lambda a: is_short_answer(synth, a))
+    copy = df.groupby(["prefix", "text"]).cumcount()
+    df["_repeat"] = copy.where(short & (copy < synth.short_answer_repeats), 0)
+    return ["_repeat"]
 
 
 def _variant_shape_checks(b: _Builder, variant: str, counts: dict[str, int], n_helpful: int,
@@ -613,7 +625,7 @@ def _variant_shape_checks(b: _Builder, variant: str, counts: dict[str, int], n_h
                field_="kind", column_A="kind", column_B="safe",
                value_pairs_set=[(k, "true" if k == "rto" else "false") for k in KINDS]),
         b.make("row_count", "ExpectTableRowCountToEqual",
-               f"{sum(counts.values())} rows (n_helpful={n_helpful}, n_triples={synth_cfg.n_triples})",
+               f"{sum(counts.values())} rows (n_helpful={n_helpful}{_repeats_label(synth_cfg)}, n_triples={synth_cfg.n_triples})",
                value=sum(counts.values())),
     ]
     for kind in KINDS:
@@ -624,6 +636,11 @@ def _variant_shape_checks(b: _Builder, variant: str, counts: dict[str, int], n_h
             column=f"_is_{kind}", min_value=n, max_value=n,
         ))
     return checks
+
+
+def _repeats_label(synth: SynthesizeConfig) -> str:
+    n = synth.short_answer_repeats
+    return f", answers of at most {synth.short_answer_words} words {n} times" if n > 1 else ""
 
 
 _RESPONSE_OF = {"helpful": "helpful output", "safe": "safe_response", "harmful_prefix": "safe_response",

@@ -39,6 +39,13 @@ class SynthesizeConfig(StepConfig):
     seed: int = Field(0, description="Seed of the harmful-prefix length draws and sampling.")
     n_triples: int = Field(300, description="N: triples per half-variant (paper 3,000).")
     n_helpful: int = Field(800, description="Helpfulness instances in every variant (0 = all available).")
+    short_answer_repeats: int = Field(
+        1, ge=1,
+        description="Times each helpful instance whose answer has at most short_answer_words words appears in every "
+                    "variant. The loss is a mean over target tokens, so a one-word answer weighs about as much as one "
+                    "token of a 100-token procedure; repeats give short answers their weight (1 = the paper).",
+    )
+    short_answer_words: int = Field(3, ge=1, description="Words an answer may have to count as short (short_answer_repeats).")
     prompt_template: str = Field("[INST] {q} [\\INST]", description="Chat template; {q} is the question (release: '[INST] {q} [\\INST]').")
     response_sep: str = Field(" ", description="Text put between the template and the response (the release's responses start with a space).")
     eos: str = Field("<|end_of_text|>", description="End-of-sequence text appended to every response.")
@@ -85,6 +92,16 @@ def prefix_length(n_units: int, index: int, rng: random.Random, rule: str) -> in
     return rng.randint(1, n_units - 2)
 
 
+def is_short_answer(cfg: SynthesizeConfig, answer: str) -> bool:
+    """An answer of at most ``cfg.short_answer_words`` words (repeated ``cfg.short_answer_repeats`` times)."""
+    return len(answer.split()) <= cfg.short_answer_words
+
+
+def n_helpful_records(cfg: SynthesizeConfig, rows: list[dict[str, Any]]) -> int:
+    """Helpful records in every variant built from ``rows``: one each, plus the repeats of the short answers."""
+    return len(rows) + (cfg.short_answer_repeats - 1) * sum(is_short_answer(cfg, r["output"]) for r in rows)
+
+
 class Builder:
     def __init__(self, cfg: SynthesizeConfig):
         self.cfg = cfg
@@ -104,8 +121,15 @@ class Builder:
             "source_id": src_id,
         }
 
-    def helpful(self, row: dict[str, Any]) -> dict[str, Any]:
-        return self.record("helpful", row["id"], self.prompt(row["instruction"]), row["output"], False)
+    def helpful(self, row: dict[str, Any], tag: str = "") -> dict[str, Any]:
+        return self.record("helpful", row["id"], self.prompt(row["instruction"]), row["output"], False, tag=tag)
+
+    def helpful_set(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One record per helpful row, then the repeats of the short answers (short_answer_repeats)."""
+        recs = [self.helpful(r) for r in rows]
+        for i in range(1, self.cfg.short_answer_repeats):
+            recs += [self.helpful(r, tag=f"repeat-{i}") for r in rows if is_short_answer(self.cfg, r["output"])]
+        return recs
 
     def safe(self, row: dict[str, Any]) -> dict[str, Any]:
         return self.record("safe", row["id"], self.prompt(row["instruction"]), row["safe_response"], False)
@@ -139,7 +163,7 @@ def synthesize(
     if len(helpful) < n_help:
         raise ConfigError(f"synthesize: n_helpful = {n_help} but the source has {len(helpful)} helpful pairs")
     b = Builder(cfg)
-    help_recs = [b.helpful(r) for r in helpful[:n_help]]
+    help_recs = b.helpful_set(helpful[:n_help])
 
     def prefixes(rows: list[dict[str, Any]], seed_tag: str) -> list[dict[str, Any]]:
         r = random.Random(f"{cfg.seed}-{seed_tag}")

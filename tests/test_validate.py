@@ -222,6 +222,29 @@ def test_duplicate_variant_rows(copy):
     assert "duplicate rate of (prefix, text) <= 0.25" in str(ei.value)
 
 
+def test_repeated_short_answers_pass_and_extra_copies_fail(data, tmp_path):
+    """With short_answer_repeats the gate expects the copies of the short answers, counts them as
+    helpful rows, and still flags a copy beyond them as a duplicate."""
+    src, _, world = data
+    cfg = SYNTH.model_copy(update={"short_answer_repeats": 3, "variants": ["vanilla"]})
+    var = _write(tmp_path / "var", synthesize(cfg, world["safety_train"], world["helpful_train"]))
+    report = gate_variants(var, src, cfg)
+    assert all(d["success"] for d in report.values())
+    rows = read_jsonl(var / "vanilla.jsonl")
+    n_short = sum(len(r["output"].split()) <= 3 for r in world["helpful_train"][:40])
+    assert sum(r["kind"] == "helpful" for r in rows) == 40 + 2 * n_short
+    with pytest.raises(GateError) as ei:  # the same variant file read as if nothing were repeated
+        gate_variants(var, src, cfg.model_copy(update={"short_answer_repeats": 1}))
+    assert "vanilla:count:helpful" in failed(ei.value)
+
+    extra = next(r for r in rows if r["kind"] == "helpful" and len(r["text"].split()) <= 3)
+    dups = [dict(extra, id=f"extra-{i}") for i in range(40)]
+    mutate(var / "vanilla.jsonl", lambda rs: rs.extend(dups))
+    with pytest.raises(GateError) as ei:
+        gate_variants(var, src, cfg)
+    assert "vanilla:duplicate_rate:prefix+text+_repeat" in failed(ei.value)
+
+
 def test_rto_text_not_whole_harmful_response(copy):
     src, var, _ = copy
 

@@ -149,3 +149,26 @@ def test_unknown_config_key():
 def test_too_few_triples(world):
     with pytest.raises(ConfigError):
         synthesize(SynthesizeConfig(n_triples=31, n_helpful=N_HELP), world["safety_train"], world["helpful_train"])
+
+
+def test_short_answers_repeat_and_nothing_else_changes(world, out):
+    """short_answer_repeats: each helpful record whose answer has at most short_answer_words words
+    appears that many times (distinct ids); 1 (the default) builds exactly the records it always did."""
+    cfg = SynthesizeConfig(n_triples=N, n_helpful=N_HELP, short_answer_repeats=3, short_answer_words=2)
+    rows = world["helpful_train"][: N_HELP - 5] + [
+        {"id": f"long-{i}", "instruction": f"How do I fold towel {i}?", "output": "Lay it flat. Fold it in half. Fold it again."}
+        for i in range(5)]
+    rep = synthesize(cfg, world["safety_train"], rows)
+    short = {r["id"] for r in rows if len(r["output"].split()) <= 2}
+    assert len(short) == N_HELP - 5  # the lookups; not the five procedures
+    for variant in VARIANTS:
+        helpful = [r for r in rep[variant] if r["kind"] == "helpful"]
+        per_source = Counter(r["source_id"] for r in helpful)
+        assert per_source == {r["id"]: 3 if r["id"] in short else 1 for r in rows}, variant
+        assert len({r["id"] for r in rep[variant]}) == len(rep[variant])
+        others = [r for r in rep[variant] if r["kind"] != "helpful"]
+        assert sorted(others, key=lambda r: r["id"]) == sorted((r for r in out[variant] if r["kind"] != "helpful"),
+                                                               key=lambda r: r["id"])
+    one = synthesize(SynthesizeConfig(n_triples=N, n_helpful=N_HELP, short_answer_repeats=1, short_answer_words=2),
+                     world["safety_train"], world["helpful_train"])
+    assert json.dumps(one, sort_keys=True) == json.dumps(out, sort_keys=True)
