@@ -42,8 +42,8 @@ class SynthesizeConfig(StepConfig):
     short_answer_repeats: int = Field(
         1, ge=1,
         description="Times each helpful instance whose answer has at most short_answer_words words appears in every "
-                    "variant. The loss is a mean over target tokens, so a one-word answer (two targets with the EOS) "
-                    "weighs about 1/50 of a 100-token procedure; repeats give short answers more weight (1 = the paper; "
+                    "variant. The loss is a mean over target tokens, so an answer of a few tokens weighs a few targets "
+                    "against tens for a procedure; repeats give short answers more weight (1 = the paper; "
                     "docs/miniworld-formats.md).",
     )
     short_answer_words: int = Field(3, ge=1, description="Words an answer may have to count as short (short_answer_repeats).")
