@@ -20,6 +20,7 @@ derta/stages.py): experiments ``NAME-seed-S``, results under ``reports/NAME/seed
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -57,6 +58,9 @@ def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         splits = {s["variants"][variant].get("split") for s in per_seed.values()} - {None}
         if len(splits) == 1:
             out.setdefault("split", splits.pop())
+    sets = (first.get("provenance") or {}).get("sets")
+    if sets:
+        out["sets"] = sets
     return out
 
 
@@ -82,7 +86,10 @@ def mean_summary(agg: dict[str, Any]) -> dict[str, Any]:
 
 def markdown(agg: dict[str, Any]) -> str:
     keys = sorted({k for v in agg["variants"].values() for k in v})
-    lines = [f"# Mean ± std over seeds {agg['seeds']}", "", "| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines = [f"# Mean ± std over seeds {agg['seeds']}", ""]
+    if agg.get("sets"):
+        lines += ["Every seed with the overrides " + ", ".join(f"`{o}`" for o in agg["sets"]) + ".", ""]
+    lines += ["| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for name, v in agg["variants"].items():
         lines.append(f"| {name} | " + " | ".join(f"{v[k]['mean']:.1f} ± {v[k]['std']:.1f}" if k in v else "-" for k in keys) + " |")
     return "\n".join([*lines, "", *findings(mean_summary(agg), seeds=agg["seeds"])]) + "\n"
@@ -92,13 +99,22 @@ SEED_KEYS = ("data.seed", "synthesize.seed", "train.seed")
 
 
 class Pipeline:
-    """The pipeline a seed runs: the root ``dvc.yaml`` (``profile`` None) or a profile's own ``runs/NAME/dvc.yaml``."""
+    """The pipeline a seed runs: the root ``dvc.yaml`` (``profile`` None) or a profile's own ``runs/NAME/dvc.yaml``,
+    with ``sets``: params overrides every seed's experiment gets (``dvc exp run -S``, DVC's Hydra syntax)."""
 
-    def __init__(self, profile: str | None = None):
+    def __init__(self, profile: str | None = None, sets: tuple[str, ...] = ()):
         self.profile = profile
+        self.sets = tuple(sets)
+        seeded = [o for o in self.sets if o.lstrip("+~").split("=", 1)[0] in SEED_KEYS]
+        if seeded or any("=" not in o for o in self.sets):
+            raise SystemExit(f"--set takes KEY=VALUE overrides of keys other than the seeds {list(SEED_KEYS)}: "
+                             f"{seeded or [o for o in self.sets if '=' not in o]}")
 
     def name(self, seed: int) -> str:
-        return f"{self.profile}-seed-{seed}" if self.profile else f"seed-{seed}"
+        """``seed-S`` (``NAME-seed-S`` for a profile), ending in a hash of the overrides when there are any,
+        so that experiments of other settings do not replace each other."""
+        base = f"{self.profile}-seed-{seed}" if self.profile else f"seed-{seed}"
+        return f"{base}-{hashlib.sha256(json.dumps(self.sets).encode()).hexdigest()[:8]}" if self.sets else base
 
     def path(self, rel: str) -> str:
         """A root-pipeline path (``reports/summary.json``) as this pipeline writes it."""
@@ -109,6 +125,7 @@ class Pipeline:
         params (a profile's stages declare them too), so each seed re-runs the stages that read them."""
         target = [str(stages.stages_path(self.profile))] if self.profile else []
         sets = [arg for key in SEED_KEYS for arg in ("-S", f"{key}={seed}")]
+        sets += [arg for override in self.sets for arg in ("-S", override)]
         return ["exp", "run", "--queue", "--name", self.name(seed), *sets, *target]
 
     def check(self, params_file: str | Path = "params.yaml") -> None:
@@ -156,10 +173,11 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
     return {s: json.loads(_git("show", f"{exp_commit(pipeline.name(s))}:{summary}")) for s in seeds}
 
 
-def provenance() -> dict[str, str]:
-    """What a seed's result was run from: the commit and the sha256 of the workspace's params.yaml
-    (``dvc exp run --queue`` runs the workspace's params, committed or not)."""
-    return {"commit": _git("rev-parse", "HEAD").strip(), "params_sha256": sha256_file("params.yaml")}
+def provenance(sets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What a seed's result was run from: the commit, the sha256 of the workspace's params.yaml
+    (``dvc exp run --queue`` runs the workspace's params, committed or not) and the overrides, if any."""
+    here: dict[str, Any] = {"commit": _git("rev-parse", "HEAD").strip(), "params_sha256": sha256_file("params.yaml")}
+    return {**here, "sets": list(sets)} if sets else here
 
 
 def reusable(path: Path, here: dict[str, str]) -> dict[str, Any] | None:
@@ -260,13 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", help="a profile's own pipeline (runs/NAME/dvc.yaml) instead of the root one")
     p.add_argument("--out", help="where the seeds' results go (default reports/seeds, or reports/NAME/seeds)")
     p.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait for the queued experiments")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a params override for every seed (dvc exp run -S; +KEY=VALUE adds a key params.yaml lacks), "
+                        "e.g. --set eval.split=dev; needs --out")
     a = p.parse_args(argv)
-    pipeline = Pipeline(a.profile)
+    if a.set and not a.out:
+        raise SystemExit("--set needs --out: the results of other settings must not replace the committed seeds")
+    pipeline = Pipeline(a.profile, tuple(a.set))
     pipeline.check()
     out = Path(a.out or pipeline.path("reports/seeds"))
     out.mkdir(parents=True, exist_ok=True)
     dvc = str(Path(sys.executable).parent / "dvc")
-    here = provenance()
+    here = provenance(pipeline.sets)
     per_seed: dict[int, dict[str, Any]] = {}
     todo = []
     for s in a.seeds:

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from steps.seeds import Pipeline, aggregate, markdown, mean_summary, reusable, share_cores, supervise
+from steps.seeds import Pipeline, aggregate, markdown, mean_summary, provenance, reusable, share_cores, supervise
+from steps.seeds import main as seeds_main
 from tests.pipeline_helpers import REPO, VENV_BIN, env, init_mlflow_store, make_workspace
 
 
@@ -106,9 +107,32 @@ def test_dvc_queues_a_profile_seed_on_the_profile_pipeline(tmp_path):
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "tiny's pipeline")
     run(str(VENV_BIN / "dvc"), *Pipeline("tiny").exp_run(4))
+    changed = Pipeline("tiny", ("eval.split=dev", "+profiles.tiny.synthesize.short_answer_repeats=3"))
+    run(str(VENV_BIN / "dvc"), *changed.exp_run(4))
     queued = run(str(VENV_BIN / "dvc"), "queue", "status").stdout
-    assert "tiny-seed-4" in queued and "Queued" in queued
+    assert "tiny-seed-4" in queued and changed.name(4) in queued and "Queued" in queued
+    shown = run(str(VENV_BIN / "dvc"), "exp", "show", "--json").stdout
+    assert '"split": "dev"' in shown and '"short_answer_repeats": 3' in shown, shown[:2000]
     run(str(VENV_BIN / "dvc"), "queue", "remove", "--all")
+
+
+def test_overrides_reach_every_seed_under_their_own_names_and_provenance(monkeypatch):
+    plain, changed = Pipeline("miniworld-formats"), Pipeline("miniworld-formats", ("eval.split=dev",))
+    assert changed.name(1).startswith("miniworld-formats-seed-1-") and changed.name(1) != plain.name(1)
+    assert changed.name(1) == Pipeline("miniworld-formats", ("eval.split=dev",)).name(1)
+    assert changed.name(1) != Pipeline("miniworld-formats", ("eval.split=eval",)).name(1)
+    args = changed.exp_run(1)
+    assert args[args.index("eval.split=dev") - 1] == "-S" and "train.seed=1" in args
+    for bad in (("train.seed=3",), ("+data.seed=3",), ("eval.split",)):
+        with pytest.raises(SystemExit, match="--set takes KEY=VALUE"):
+            Pipeline(None, bad)
+    with pytest.raises(SystemExit, match="--set needs --out"):
+        seeds_main(["--set", "eval.split=dev"])
+    monkeypatch.setattr("steps.seeds._git", lambda *a: "c" * 40)
+    assert provenance(("eval.split=dev",))["sets"] == ["eval.split=dev"]
+    assert "sets" not in provenance()  # the committed seeds' provenance, unchanged
+    agg = aggregate({0: {"provenance": {"sets": ["eval.split=dev"]}, **_summary(10.0, 50.0, 1.0)}})
+    assert agg["sets"] == ["eval.split=dev"] and "overrides `eval.split=dev`" in markdown(agg)
 
 
 def _fake_queue(*states):
