@@ -23,6 +23,7 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 # `derta config NAME` -> "module:Class" of a StepConfig (imported on use).
@@ -127,8 +128,6 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _model_for_eval(ref: str, tmp: Path) -> Path:
     """A dir holding ``model/`` (what steps.evaluate loads) for a variant dir, a HF model dir or a ``models:/`` URI."""
-    from pathlib import Path
-
     from derta.errors import ConfigError
 
     if ref.startswith("models:/"):

@@ -159,7 +159,7 @@ def synthesize(
     order = list(range(len(safety)))
     rng.shuffle(order)
     pool = [safety[i] for i in order[: 2 * n]]
-    first, second = pool[:n], pool[n:]
+    first = pool[:n]  # vanilla_half, harmful_prefix, rto, derta: the first N; vanilla, recaug: all 2N
     n_help = cfg.n_helpful or len(helpful)
     if len(helpful) < n_help:
         raise ConfigError(f"synthesize: n_helpful = {n_help} but the source has {len(helpful)} helpful pairs")
