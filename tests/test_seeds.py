@@ -94,8 +94,9 @@ def test_a_profile_is_checked_before_anything_is_queued(tmp_path, monkeypatch):
     Pipeline().check(params)  # the root pipeline needs no check
 
 
-def test_the_committed_formats_profile_passes_the_check():
-    Pipeline("miniworld-formats").check()
+@pytest.mark.parametrize("profile", ["miniworld-formats", "miniworld-formats-dev"])
+def test_the_committed_formats_profiles_pass_the_check(profile):
+    Pipeline(profile).check()
 
 
 def test_dvc_queues_a_profile_seed_on_the_profile_pipeline(tmp_path):
