@@ -130,7 +130,8 @@ class Pipeline:
 
     def check(self, params_file: str | Path = "params.yaml") -> None:
         """Fail before queuing anything when the profile is unknown, sets a seed itself (the queued ``-S``
-        would not reach it), or its committed pipeline is stale."""
+        would not reach it), or its committed pipeline is stale; and when an override would not take."""
+        check_overrides(self.sets, params_file)
         if not self.profile:
             return
         profiles = load_params(params_file).get("profiles") or {}
@@ -143,6 +144,47 @@ class Pipeline:
                              "make seeds varies the base keys, so remove them from the profile")
         if not stages.is_current(self.profile, params_file=params_file):
             raise SystemExit(f"{stages.stages_path(self.profile)} is missing or stale: run `python -m derta.cli profile-stages {self.profile}`")
+
+
+def check_overrides(sets: tuple[str, ...], params_file: str | Path = "params.yaml") -> None:
+    """Apply ``sets`` as DVC will (``dvc.utils.hydra.apply_overrides``) to a copy of ``params_file`` and fail,
+    naming the override, when DVC refuses one or when its key does not then hold its value: DVC writes an
+    override into a section merged from another profile (``<<: *anchor``) nowhere, silently."""
+    if not sets:
+        return
+    import tempfile
+
+    import yaml
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.hydra import apply_overrides
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "params.yaml"
+        copy.write_bytes(Path(params_file).read_bytes())
+        try:
+            apply_overrides(str(copy), list(sets))
+        except InvalidArgumentError as err:
+            raise SystemExit(f"--set {' '.join(sets)}: DVC refuses it: {err.__cause__ or err}") from None
+        params = yaml.safe_load(copy.read_text())
+    for override in sets:
+        key, _, value = override.lstrip("+").partition("=")
+        if key.startswith("~"):
+            continue
+        node: Any = params
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        want = yaml.safe_load(value)
+        if not _holds(node, want):
+            raise SystemExit(f"--set {override}: after DVC applies it, {params_file} has {key} = {node!r}, not {want!r}; "
+                             "is that section merged from another profile (<<:)? DVC's -S does not reach into one: "
+                             "write the section out in the profile")
+
+
+def _holds(node: Any, want: Any) -> bool:
+    """``node`` has the value ``want`` (a dict: at least its keys, with their values; Hydra merges dicts)."""
+    if isinstance(want, dict):
+        return isinstance(node, dict) and all(_holds(node.get(k), v) for k, v in want.items())
+    return node == want
 
 
 def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s: float = 5.0,

@@ -98,3 +98,16 @@ def test_tiny_profiles():
     assert zero and (REPO / zero).is_file()
     for p in TINY:
         assert not step_config(ModelConfig, PARAMS, "model", p).path  # the mini-world model
+
+
+def test_the_formats_dev_profile_is_the_formats_profile_cut_to_vanilla_and_derta_on_dev():
+    """miniworld-formats-dev writes its sections out (DVC's -S cannot reach into a merged one): they must stay
+    the formats profile's, except the variants and the split."""
+    fmt, dev = PARAMS["profiles"]["miniworld-formats"], PARAMS["profiles"]["miniworld-formats-dev"]
+    for section in ("data", "model", "pretrain", "train"):
+        assert dev[section] == fmt[section], section
+    assert {k: v for k, v in dev["synthesize"].items() if k != "variants"} == fmt["synthesize"]
+    assert {k: v for k, v in dev["eval"].items() if k not in ("split", "variants")} == fmt["eval"]
+    assert dev["synthesize"]["variants"] == dev["eval"]["variants"] == ["vanilla", "derta"]
+    assert dev["eval"]["split"] == "dev"
+    assert set(dev) == set(fmt)

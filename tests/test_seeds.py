@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from steps.seeds import Pipeline, aggregate, markdown, mean_summary, provenance, reusable, share_cores, supervise
+from steps.seeds import (Pipeline, aggregate, check_overrides, markdown, mean_summary, provenance, reusable, share_cores,
+                         supervise)
 from steps.seeds import main as seeds_main
 from tests.pipeline_helpers import REPO, VENV_BIN, env, init_mlflow_store, make_workspace
 
@@ -134,6 +135,17 @@ def test_overrides_reach_every_seed_under_their_own_names_and_provenance(monkeyp
     assert "sets" not in provenance()  # the committed seeds' provenance, unchanged
     agg = aggregate({0: {"provenance": {"sets": ["eval.split=dev"]}, **_summary(10.0, 50.0, 1.0)}})
     assert agg["sets"] == ["eval.split=dev"] and "overrides `eval.split=dev`" in markdown(agg)
+
+
+def test_an_override_that_would_not_take_stops_before_anything_is_queued(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("eval: {split: eval}\nprofiles:\n  a: &a\n    data: {n: 1}\n  b:\n    <<: *a\n  c:\n    data: {n: 1}\n")
+    check_overrides(("eval.split=dev", "+profiles.c.data.m=2", "profiles.c.data.n=3"), params)  # they take
+    with pytest.raises(SystemExit, match=r"profiles.b.data.m = None, not 2; is that section merged"):
+        check_overrides(("+profiles.b.data.m=2",), params)  # DVC writes it nowhere
+    with pytest.raises(SystemExit, match="DVC refuses it"):
+        check_overrides(("profiles.c.data.m=2",), params)  # a new key needs +
+    assert params.read_text().count("m") == 0  # the file itself is never touched
 
 
 def _fake_queue(*states):
