@@ -26,10 +26,13 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from derta import live, stages
 from derta.config import load_params
@@ -152,9 +155,6 @@ def check_overrides(sets: tuple[str, ...], params_file: str | Path = "params.yam
     override into a section merged from another profile (``<<: *anchor``) nowhere, silently."""
     if not sets:
         return
-    import tempfile
-
-    import yaml
     from dvc.exceptions import InvalidArgumentError
     from dvc.utils.hydra import apply_overrides
 

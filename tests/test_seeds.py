@@ -6,10 +6,25 @@ import sys
 
 import pytest
 
-from steps.seeds import (Pipeline, aggregate, check_overrides, markdown, mean_summary, provenance, reusable, share_cores,
-                         supervise)
+from steps.seeds import (
+    Pipeline,
+    aggregate,
+    check_overrides,
+    markdown,
+    mean_summary,
+    provenance,
+    reusable,
+    share_cores,
+    supervise,
+)
 from steps.seeds import main as seeds_main
-from tests.pipeline_helpers import REPO, VENV_BIN, env, init_mlflow_store, make_workspace
+from tests.pipeline_helpers import (
+    REPO,
+    VENV_BIN,
+    env,
+    init_mlflow_store,
+    make_workspace,
+)
 
 
 def _summary(asr, helpful, at0):
