@@ -192,12 +192,13 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
     """Queue one experiment per seed, run them ``jobs`` at a time, return each one's ``reports/summary.json``."""
     pipeline = pipeline or Pipeline()
     for s in seeds:
-        _run(dvc, "exp", "remove", pipeline.name(s), check=False)  # an earlier, unfinished attempt
+        forget(dvc, pipeline.name(s))
         _run(dvc, *pipeline.exp_run(s))
     # Queued experiments run in temporary copies of the workspace: a relative SQLite store would be lost with them.
     uri = live.tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        os.environ["MLFLOW_TRACKING_URI"] = uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    create_store(uri)
     names = {pipeline.name(s) for s in seeds}
     try:
         status = supervise(names, lambda: _run(dvc, "queue", "start", "--jobs", str(jobs)), queue_status,
@@ -282,6 +283,28 @@ def _print_logs(dvc: str, names: list[str], lines: int = 40) -> None:
         except subprocess.TimeoutExpired:
             text = "(dvc queue logs did not answer within 120 s)"
         print(f"----- dvc queue logs {name} (last {lines} lines)", *text.splitlines()[-lines:], sep="\n", file=sys.stderr)
+
+
+def create_store(uri: str) -> None:
+    """Create a SQLite MLflow store before experiments run at once: two stages creating it together race on its
+    schema, and the loser fails (``duplicate column name``). Other stores are left to the stages."""
+    if uri.startswith("sqlite:"):
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        mlflow.search_experiments()
+
+
+def forget(dvc: str, name: str) -> bool:
+    """Remove an earlier, unfinished attempt at the experiment ``name`` (queued, failed or kept); True when there
+    was one. No attempt is the usual case and is not reported: DVC calls it an error."""
+    done = subprocess.run([dvc, "exp", "remove", name], capture_output=True, text=True, timeout=600)
+    if done.returncode == 0:
+        print(f"[seeds {time.strftime('%H:%M:%S')}] removed an earlier attempt at {name}", flush=True)
+        return True
+    if "is not a valid experiment name" not in done.stdout + done.stderr:
+        raise SystemExit(f"dvc exp remove {name} failed:\n{done.stdout}{done.stderr}")
+    return False
 
 
 def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -10,6 +10,8 @@ from steps.seeds import (
     Pipeline,
     aggregate,
     check_overrides,
+    create_store,
+    forget,
     markdown,
     mean_summary,
     provenance,
@@ -22,7 +24,6 @@ from tests.pipeline_helpers import (
     REPO,
     VENV_BIN,
     env,
-    init_mlflow_store,
     make_workspace,
 )
 
@@ -115,9 +116,11 @@ def test_the_committed_formats_profiles_pass_the_check(profile):
     Pipeline(profile).check()
 
 
-def test_dvc_queues_a_profile_seed_on_the_profile_pipeline(tmp_path):
-    """What `make seeds --profile` hands DVC is accepted, and queues that pipeline (nothing runs)."""
+def test_dvc_queues_a_profile_seed_on_the_profile_pipeline(tmp_path, monkeypatch, capsys):
+    """What `make seeds --profile` hands DVC is accepted, and queues that pipeline (nothing runs); an earlier
+    attempt is forgotten, and none is not an error."""
     ws = make_workspace(tmp_path / "ws")
+    monkeypatch.chdir(ws)
     e = env()
     run = lambda *a: subprocess.run(list(a), cwd=ws, env=e, check=True, capture_output=True, text=True)  # noqa: E731
     run(sys.executable, "-m", "derta.cli", "profile-stages", "tiny")
@@ -130,6 +133,11 @@ def test_dvc_queues_a_profile_seed_on_the_profile_pipeline(tmp_path):
     assert "tiny-seed-4" in queued and changed.name(4) in queued and "Queued" in queued
     shown = run(str(VENV_BIN / "dvc"), "exp", "show", "--json").stdout
     assert '"split": "dev"' in shown and '"short_answer_repeats": 3' in shown, shown[:2000]
+    assert forget(str(VENV_BIN / "dvc"), changed.name(4)) is True
+    assert forget(str(VENV_BIN / "dvc"), changed.name(4)) is False
+    assert "ERROR" not in capsys.readouterr().out
+    queued = run(str(VENV_BIN / "dvc"), "queue", "status").stdout
+    assert changed.name(4) not in queued and "tiny-seed-4" in queued
     run(str(VENV_BIN / "dvc"), "queue", "remove", "--all")
 
 
@@ -214,6 +222,13 @@ def test_supervise_restarts_workers_that_left_experiments_queued():
     assert seen["starts"] >= 2
 
 
+def test_the_sqlite_store_is_created_before_the_experiments_start(tmp_path):
+    db = tmp_path / "mlflow.db"
+    create_store(f"sqlite:///{db}")
+    assert db.exists() and db.stat().st_size > 0
+    create_store("http://127.0.0.1:9")  # a server is the stages' business: nothing is contacted here
+
+
 def test_supervise_does_not_restart_while_an_experiment_runs():
     seen, start, status = _fake_queue(*[{"seed-0": "Running", "seed-1": "Queued"}] * 5, {"seed-0": "Success", "seed-1": "Success"})
     supervise({"seed-0", "seed-1"}, start, status, timeout_s=60, poll_s=0, idle_s=0)
@@ -233,8 +248,7 @@ def test_make_seeds_queues_experiments_and_leaves_the_workspace_alone(tmp_path):
     """Two seeds of a profile's own pipeline (runs/tiny/dvc.yaml), two at once. The root pipeline differs
     only in the target and the paths (test_the_root_pipeline_queues_seed_experiments_on_the_base_seeds)."""
     ws = make_workspace(tmp_path / "ws")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    init_mlflow_store(uri)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"  # not created here: make seeds creates it before two stages race to
     e = env(MLFLOW_TRACKING_URI=uri, DERTA_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ws))
     for cmd in ([sys.executable, "-m", "derta.cli", "profile-stages", "tiny"], ["git", "add", "-A"],
                 ["git", "commit", "-q", "-m", "tiny's own pipeline"]):
