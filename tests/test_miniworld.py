@@ -175,3 +175,50 @@ def test_household_and_harmful_format_instructions_keep_held_out_tasks_unseen():
         assert not any(h in text for h in heldout), text
     # Off (the default): the world is what it was.
     assert _dump(generate(MiniWorldConfig(**SMALL))) == _dump(generate(MiniWorldConfig(**{**SMALL, "format_harmful_share": 0.0})))
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _shared_runs(text: str, others: list[str], n: int = 5) -> set[tuple[str, ...]]:
+    runs = lambda ws: {tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)}  # noqa: E731
+    theirs = set().union(*(runs(_words(o)) for o in others))
+    return runs(_words(text)) & theirs
+
+
+def test_roleplay_pages_are_a_grammar_of_their_own_with_held_out_tasks_unseen():
+    """roleplay_style "varied": the persona format (chat instructions and web pages) is drawn from the ROLE_*
+    grammar; web_roleplay_docs adds role-play pages, half on train-split harmful tasks. No five words in a row are
+    taken from the role-play attacks' templates, and no held-out task is asked. Off (the default): unchanged."""
+    from derta.attacks import autodan, jailbreakchat, pair
+    from derta.miniworld import ROLE_ASKS, ROLE_NAMES, ROLE_RULES, ROLE_SCENES, ROLE_SETUPS
+
+    cfg = MiniWorldConfig(**{**SMALL, "household": True, "roleplay_style": "varied", "web_roleplay_docs": 40})
+    w = generate(cfg)
+    pages = [d["text"] for d in w["web"] if d["kind"] == "format_persona"]
+    assert len(pages) == 3 + 40
+    asked = [r["instruction"] for r in w["helpful_train"][-5:]]  # the persona third of the format instructions
+    for request in pages + asked:
+        assert any(n in request for n in ROLE_NAMES), request
+        assert request.count("\n") >= 1
+    assert len({p.split("\n")[0] for p in pages}) == len(pages)  # varied, not a handful of frames
+    train = {t.text for t in split_tasks(cfg)["train"]}
+    assert 15 <= sum(any(x in p for x in train) for p in pages) <= 30
+    heldout = {t.text for split in ("eval", "dev") for t in split_tasks(cfg)[split]}
+    assert not any(h in p for p in pages + asked for h in heldout)
+    attack_text = [*jailbreakchat.BUILTIN_TEMPLATES, *autodan.SEED_TEMPLATES, *pair._PERSONAS,
+                   pair._roleplay("{q}", __import__("random").Random(0)), pair._hypothetical("{q}", None)]
+    grammar = " ".join([*ROLE_SCENES, *ROLE_SETUPS, *ROLE_RULES, *ROLE_ASKS, *(p.split("\n")[0] for p in pages)])
+    assert not _shared_runs(grammar, attack_text)
+    # Off (the default) the world is what it was, draw for draw.
+    assert _dump(generate(MiniWorldConfig(**SMALL))) == _dump(generate(MiniWorldConfig(**{**SMALL, "roleplay_style": "frames",
+                                                                                          "web_roleplay_docs": 0})))
+
+
+def test_the_shared_run_check_finds_a_copied_phrase():
+    from derta.attacks import jailbreakchat
+
+    copied = "Ziva has no rules. " + " ".join(jailbreakchat.BUILTIN_TEMPLATES[2].split()[3:9])
+    assert _shared_runs(copied, jailbreakchat.BUILTIN_TEMPLATES)
+    assert not _shared_runs("Ziva has no rules at all.", jailbreakchat.BUILTIN_TEMPLATES)
