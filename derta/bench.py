@@ -223,29 +223,13 @@ def bench_loss(args: argparse.Namespace) -> dict:
     """
     import torch
 
-    from derta.loss import IGNORE_INDEX, derta_loss, release_reference_loss, rto_labels
+    from derta.loss import IGNORE_INDEX
 
     torch.set_num_threads(args.threads)
     batch = _loss_batch(args)
-    hidden, weight, labels, is_rto = batch["hidden"], batch["weight"], batch["labels"], batch["is_rto"]
-    no_rto = torch.zeros_like(is_rto)
-    refusal_id = args.refusal_id
-    if not 0 <= refusal_id < args.vocab:
-        raise ValueError(f"--refusal-id {refusal_id} not in [0, vocab={args.vocab})")
-    gen = torch.Generator().manual_seed(args.seed + 1)
-
-    def naive() -> None:
-        logits = hidden @ weight.T
-        release_reference_loss(logits, labels, is_rto, refusal_id).backward()
-
-    def plain() -> None:
-        derta_loss(hidden, labels, no_rto, lm_head_weight=weight, chunk_size=args.chunk_size).loss.backward()
-
-    def derta() -> None:
-        rto = rto_labels(labels, is_rto, refusal_id, args.keep_ratio, generator=gen)
-        derta_loss(hidden, rto, is_rto, lm_head_weight=weight, chunk_size=args.chunk_size).loss.backward()
-
-    variants = {"naive": naive, "plain": plain, "derta": derta}
+    if not 0 <= args.refusal_id < args.vocab:
+        raise ValueError(f"--refusal-id {args.refusal_id} not in [0, vocab={args.vocab})")
+    variants = _loss_steps(args, batch)
     only = args.only.split(",") if args.only else list(variants)
     unknown = sorted(set(only) - set(variants))
     if unknown:
@@ -256,14 +240,42 @@ def bench_loss(args: argparse.Namespace) -> dict:
         "batch": args.batch,
         "seq": args.seq,
         "tokens": args.batch * args.seq,
-        "target_tokens": int((labels[:, 1:] != IGNORE_INDEX).sum()),
+        "target_tokens": int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()),
         "chunk_size": args.chunk_size,
         "keep_ratio": args.keep_ratio,
         "threads": args.threads,
         "repeats": args.repeats,
     }
-    out.update(_run_interleaved({k: variants[k] for k in only}, [hidden, weight], args.repeats))
+    out.update(_run_interleaved({k: variants[k] for k in only}, [batch["hidden"], batch["weight"]], args.repeats))
+    return _with_ratios(out)
 
+
+def _loss_steps(args: argparse.Namespace, batch: dict[str, Any]) -> dict[str, Callable[[], None]]:
+    """The three forward + backward steps bench_loss times, on one batch."""
+    import torch
+
+    from derta.loss import derta_loss, release_reference_loss, rto_labels
+
+    hidden, weight, labels, is_rto = batch["hidden"], batch["weight"], batch["labels"], batch["is_rto"]
+    no_rto = torch.zeros_like(is_rto)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+
+    def naive() -> None:
+        logits = hidden @ weight.T
+        release_reference_loss(logits, labels, is_rto, args.refusal_id).backward()
+
+    def plain() -> None:
+        derta_loss(hidden, labels, no_rto, lm_head_weight=weight, chunk_size=args.chunk_size).loss.backward()
+
+    def derta() -> None:
+        rto = rto_labels(labels, is_rto, args.refusal_id, args.keep_ratio, generator=gen)
+        derta_loss(hidden, rto, is_rto, lm_head_weight=weight, chunk_size=args.chunk_size).loss.backward()
+
+    return {"naive": naive, "plain": plain, "derta": derta}
+
+
+def _with_ratios(out: dict[str, Any]) -> dict[str, Any]:
+    """derta / naive memory and time, derta / plain time (None where a variant did not run)."""
     def ratio(a: str, b: str, key: str) -> float | None:
         if a in out and b in out and out[b][key] > 0:
             return round(out[a][key] / out[b][key], 4)

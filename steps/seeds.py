@@ -4,8 +4,9 @@ Each seed is queued as a DVC experiment named ``seed-S``
 (``dvc exp run --queue -S data.seed=S -S synthesize.seed=S -S train.seed=S``)
 and ``dvc queue start --jobs N`` runs them, N at once, each in its own
 temporary workspace: the user's workspace and params.yaml are not touched.
-The seed's ``reports/summary.json`` is read from the experiment's commit and
-kept as ``reports/seeds/seed-S.json`` with the commit and params it ran from
+The seed's ``reports/summary.json`` is read from the experiment's commit, with
+each variant's helpfulness per question kind (from its ``eval/VARIANT/helpful.jsonl``
+in DVC's cache), and kept as ``reports/seeds/seed-S.json`` with the commit and params it ran from
 (a seed whose file came from the same commit and params is not rerun, so an
 interrupted run resumes; any other is). Then the mean and spread (population
 standard deviation) of every ASR and helpfulness figure go to
@@ -47,8 +48,8 @@ def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         rows: dict[str, list[float]] = {}
         for s in per_seed.values():
             v = s["variants"][variant]
-            for group in ("asr", "helpfulness"):
-                for k, x in v[group].items():
+            for group in ("asr", "helpfulness", "helpfulness_by_kind"):
+                for k, x in (v.get(group) or {}).items():
                     if x is not None:
                         rows.setdefault(f"{group}.{k}", []).append(float(x))
             for k in ("share_at_0", "share_after_30", "median"):
@@ -76,7 +77,7 @@ def mean_summary(agg: dict[str, Any]) -> dict[str, Any]:
         for key, row in rows.items():
             group, _, k = key.partition(".")
             if k:
-                v[group][k] = row["mean"]
+                v.setdefault(group, {})[k] = row["mean"]
             else:
                 v[group] = row["mean"]
         for k in ("asr_black_box_avg", "asr_white_box_avg"):
@@ -213,7 +214,41 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
         _print_logs(dvc, failed)
         raise SystemExit(f"seeds failed: {failed}; see `dvc queue logs {failed[0]}`")
     summary = pipeline.path("reports/summary.json")
-    return {s: json.loads(_git("show", f"{exp_commit(pipeline.name(s))}:{summary}")) for s in seeds}
+    commits = {s: exp_commit(pipeline.name(s)) for s in seeds}
+    return {s: add_helpfulness_by_kind(json.loads(_git("show", f"{c}:{summary}")), read_at(c), pipeline)
+            for s, c in commits.items()}
+
+
+def helpfulness_by_kind(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy (%) per question kind of an evaluation's ``helpful.jsonl`` rows (the mini-world's capital / flag /
+    first / last; a row without a kind counts under its benchmark). Empty when there is one kind or none."""
+    by: dict[str, list[bool]] = {}
+    for r in rows:
+        by.setdefault(r.get("kind") or r["bench"], []).append(bool(r["correct"]))
+    return {k: round(100 * sum(v) / len(v), 2) for k, v in sorted(by.items())} if len(by) > 1 else {}
+
+
+def add_helpfulness_by_kind(summary: dict[str, Any], read: Callable[[str], str], pipeline: Pipeline) -> dict[str, Any]:
+    """``summary`` with each variant's helpfulness per question kind (``helpfulness_by_kind``), from the variant's
+    ``eval/VARIANT/helpful.jsonl`` as ``read(path)`` returns it; a variant whose file cannot be read keeps none."""
+    for name, v in summary["variants"].items():
+        path = pipeline.path(f"eval/{name}/helpful.jsonl")
+        try:
+            text = read(path)
+        except Exception as exc:  # noqa: BLE001 - DVC raises its own errors for a path it does not track
+            print(f"[seeds] no helpfulness per kind for {name}: {path}: {exc}", flush=True)
+            continue
+        kinds = helpfulness_by_kind([json.loads(line) for line in text.splitlines() if line.strip()])
+        if kinds:
+            v["helpfulness_by_kind"] = kinds
+    return summary
+
+
+def read_at(commit: str) -> Callable[[str], str]:
+    """A reader of DVC-tracked files as the experiment at ``commit`` left them (its outputs are in DVC's cache)."""
+    import dvc.api
+
+    return lambda path: dvc.api.read(path, rev=commit)
 
 
 def provenance(sets: tuple[str, ...] = ()) -> dict[str, Any]:

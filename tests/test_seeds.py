@@ -8,10 +8,12 @@ import pytest
 
 from steps.seeds import (
     Pipeline,
+    add_helpfulness_by_kind,
     aggregate,
     check_overrides,
     create_store,
     forget,
+    helpfulness_by_kind,
     markdown,
     mean_summary,
     provenance,
@@ -41,6 +43,39 @@ def test_aggregate_mean_and_spread():
     assert row["helpfulness.miniworld"]["values"] == [5.0, 7.0, 6.0]
     assert "refusal_position.share_after_30" not in row  # None values are skipped
     assert "20.0 ± 8.2" in markdown(agg)
+
+
+def _helpful_rows(correct_by_kind):
+    return "\n".join(json.dumps({"id": f"{k}-{i}", "bench": "miniworld", "kind": k, "correct": c})
+                     for k, cs in correct_by_kind.items() for i, c in enumerate(cs)) + "\n"
+
+
+def test_helpfulness_per_kind_is_read_from_each_variants_helpful_file(capsys):
+    rows = [json.loads(line) for line in _helpful_rows({"capital": [1, 0, 0, 0], "first": [1, 1], "flag": [0]}).splitlines()]
+    assert helpfulness_by_kind(rows) == {"capital": 25.0, "first": 100.0, "flag": 0.0}
+    assert helpfulness_by_kind([{"bench": "gsm8k", "kind": None, "correct": True}]) == {}  # one kind: nothing to split
+    files = {"runs/tiny/eval/vanilla/helpful.jsonl": _helpful_rows({"capital": [1, 1], "last": [0, 1]})}
+
+    def read(path):
+        if path not in files:
+            raise FileNotFoundError(path)
+        return files[path]
+
+    summary = {"variants": {"vanilla": {"asr": {}}, "derta": {"asr": {}}}}
+    out = add_helpfulness_by_kind(summary, read, Pipeline("tiny"))
+    assert out["variants"]["vanilla"]["helpfulness_by_kind"] == {"capital": 100.0, "last": 50.0}
+    assert "helpfulness_by_kind" not in out["variants"]["derta"]
+    assert "no helpfulness per kind for derta: runs/tiny/eval/derta/helpful.jsonl" in capsys.readouterr().out
+
+
+def test_helpfulness_per_kind_is_averaged_over_seeds():
+    per_seed = {s: _summary(10.0, h, 50.0) for s, h in ((0, 60.0), (1, 40.0))}
+    per_seed[0]["variants"]["derta"]["helpfulness_by_kind"] = {"capital": 20.0, "first": 100.0}
+    per_seed[1]["variants"]["derta"]["helpfulness_by_kind"] = {"capital": 40.0, "first": 40.0}
+    agg = aggregate(per_seed)
+    assert agg["variants"]["derta"]["helpfulness_by_kind.first"] == {"mean": 70.0, "std": 30.0, "values": [100.0, 40.0]}
+    assert mean_summary(agg)["variants"]["derta"]["helpfulness_by_kind"] == {"capital": 30.0, "first": 70.0}
+    assert "| helpfulness_by_kind.capital |" in markdown(agg)
 
 
 def _pair_summary(van_completing, der_completing, van_help, der_help):
@@ -275,6 +310,7 @@ def test_make_seeds_queues_experiments_and_leaves_the_workspace_alone(tmp_path):
     assert agg["seeds"] == [0, 1]
     row = agg["variants"]["derta"]
     assert all(len(v["values"]) == 2 for v in row.values())
+    assert {"helpfulness_by_kind.capital", "helpfulness_by_kind.first"} <= set(row)  # read from DVC's cache
     seed0, seed1 = (json.loads((seeds / f"seed-{s}.json").read_text()) for s in (0, 1))
     assert seed0 != seed1  # two seeds, two worlds
     assert (ws / "params.yaml").read_text() == before  # queued experiments leave the user's params alone
