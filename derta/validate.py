@@ -350,69 +350,77 @@ def run_suites(datasets: list[Dataset], cfg: GateConfig) -> dict[str, Any]:
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = ctx.data_sources.add_pandas("derta")
     report: dict[str, Any] = {}
+    for i, ds in enumerate(datasets):
+        if ds.df is None:
+            report[ds.name] = _missing(ds)
+            continue
+        if len({c.name for c in ds.checks}) != len(ds.checks):
+            raise ValueError(f"duplicate check names in dataset {ds.name}")
+        results = _validate(gx, ctx, source, i, ds, cfg)
+        by_line = {int(v): r for r, v in enumerate(ds.df["_line"])}
+        exps = [_entry(c, results[c.name], ds.df, by_line, cfg) for c in ds.checks]
+        report[ds.name] = {
+            "path": str(ds.path), "rows": int(len(ds.df)),
+            "success": all(e["success"] for e in exps), "expectations": exps,
+        }
+    return report
+
+
+def _missing(ds: Dataset) -> dict[str, Any]:
+    """A dataset's report when its file is missing."""
+    return {
+        "path": str(ds.path), "rows": 0, "success": False,
+        "expectations": [{
+            "check": "file_exists", "expectation": "file_exists", "description": "the file exists",
+            "success": False, "observed": "missing", "unexpected_examples": [],
+        }],
+    }
+
+
+def _validate(gx: Any, ctx: Any, source: Any, i: int, ds: Dataset, cfg: GateConfig) -> dict[str, Any]:
+    """Run dataset ``i``'s suite; its results by check name."""
     result_format = {
         "result_format": "SUMMARY",
         "unexpected_index_column_names": ["_line"],
         "partial_unexpected_count": cfg.max_examples,
     }
-    for i, ds in enumerate(datasets):
-        if ds.df is None:
-            report[ds.name] = {
-                "path": str(ds.path), "rows": 0, "success": False,
-                "expectations": [{
-                    "check": "file_exists", "expectation": "file_exists", "description": "the file exists",
-                    "success": False, "observed": "missing", "unexpected_examples": [],
-                }],
-            }
-            continue
-        df = ds.df
-        by_line = {int(v): r for r, v in enumerate(df["_line"])}
-        batch_def = source.add_dataframe_asset(f"asset{i}").add_batch_definition_whole_dataframe("all")
-        if len({c.name for c in ds.checks}) != len(ds.checks):
-            raise ValueError(f"duplicate check names in dataset {ds.name}")
-        # Built with all expectations at once: add_expectation re-serializes the whole suite each call.
-        suite = ctx.suites.add(gx.ExpectationSuite(
-            name=f"derta-{i}-{ds.name}", expectations=[c.expectation for c in ds.checks]
-        ))
-        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"v{i}", data=batch_def, suite=suite))
-        res = vd.run(batch_parameters={"dataframe": df}, result_format=result_format)
-        results = {r.expectation_config.meta["check"]: r for r in res.results}
-        exps = []
-        for c in ds.checks:
-            r = results[c.name]
-            out = r.result or {}
-            if "observed_value" in out:
-                observed: Any = _plain(out["observed_value"])
-            elif "unexpected_count" in out:
-                observed = {"unexpected": _plain(out["unexpected_count"]), "rows": _plain(out.get("element_count"))}
-            else:
-                observed = None
-            examples: list[dict[str, Any]] = []
-            if not r.success:
-                if c.rows is not None:
-                    mask = c.rows(df)
-                    rows = [int(j) for j in mask.to_numpy().nonzero()[0][: cfg.max_examples]]
-                else:
-                    rows = [by_line[int(e["_line"])] for e in out.get("partial_unexpected_index_list") or []
-                            if int(e["_line"]) in by_line]
-                examples = [_example(df, j, c.field, cfg) for j in rows[: cfg.max_examples]]
-            entry = {
-                "check": c.name,
-                "expectation": r.expectation_config.type,
-                "description": c.description,
-                "success": bool(r.success),
-                "observed": observed,
-                "unexpected_examples": examples,
-            }
-            error = _exception_message(r.exception_info)
-            if error:
-                entry["error"] = error
-            exps.append(entry)
-        report[ds.name] = {
-            "path": str(ds.path), "rows": int(len(df)),
-            "success": all(e["success"] for e in exps), "expectations": exps,
-        }
-    return report
+    batch_def = source.add_dataframe_asset(f"asset{i}").add_batch_definition_whole_dataframe("all")
+    # Built with all expectations at once: add_expectation re-serializes the whole suite each call.
+    suite = ctx.suites.add(gx.ExpectationSuite(name=f"derta-{i}-{ds.name}", expectations=[c.expectation for c in ds.checks]))
+    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"v{i}", data=batch_def, suite=suite))
+    res = vd.run(batch_parameters={"dataframe": ds.df}, result_format=result_format)
+    return {r.expectation_config.meta["check"]: r for r in res.results}
+
+
+def _entry(c: Check, r: Any, df: Any, by_line: dict[int, int], cfg: GateConfig) -> dict[str, Any]:
+    """One check's report entry: success, what GX observed and, when it failed, up to max_examples rows."""
+    out = r.result or {}
+    if "observed_value" in out:
+        observed: Any = _plain(out["observed_value"])
+    elif "unexpected_count" in out:
+        observed = {"unexpected": _plain(out["unexpected_count"]), "rows": _plain(out.get("element_count"))}
+    else:
+        observed = None
+    examples: list[dict[str, Any]] = []
+    if not r.success:
+        if c.rows is not None:
+            rows = [int(j) for j in c.rows(df).to_numpy().nonzero()[0][: cfg.max_examples]]
+        else:
+            rows = [by_line[int(e["_line"])] for e in out.get("partial_unexpected_index_list") or []
+                    if int(e["_line"]) in by_line]
+        examples = [_example(df, j, c.field, cfg) for j in rows[: cfg.max_examples]]
+    entry = {
+        "check": c.name,
+        "expectation": r.expectation_config.type,
+        "description": c.description,
+        "success": bool(r.success),
+        "observed": observed,
+        "unexpected_examples": examples,
+    }
+    error = _exception_message(r.exception_info)
+    if error:
+        entry["error"] = error
+    return entry
 
 
 def _exception_message(info: Any) -> str:
@@ -477,8 +485,26 @@ def gate_source(src_dir: str | Path, cfg: GateConfig | None = None, *, raise_on_
     src = Path(src_dir)
     if not src.is_dir():
         raise DataError(str(src), 0, "dir_exists", "no such source directory")
-    b = _Builder(cfg)
     paths = _source_paths(src)
+    frames = _source_frames(paths)
+    held = _Heldout(frames, cfg)
+    # helpful_fallback self: helpful_train.jsonl is empty by design (the self_answer stage answers helpful_prompts)
+    self_helpful = _manifest(src).get("helpful_source") == "self"
+    b = _Builder(cfg)
+    datasets = []
+    for name, path in paths.items():
+        ds = Dataset(name, path, frames[name])
+        datasets.append(ds)
+        if ds.df is not None:
+            ds.checks += _source_checks(b, name, ds.df, held, cfg, self_helpful)
+    report = run_suites(datasets, cfg)
+    if raise_on_fail:
+        _raise_if_failed("source", report)
+    return report
+
+
+def _source_frames(paths: dict[str, Path]) -> dict[str, pd.DataFrame | None]:
+    """Each source file as a frame (None when missing), with its normalized question in ``_q_norm``."""
     frames: dict[str, pd.DataFrame | None] = {}
     for name, path in paths.items():
         spec = SOURCE_SPECS.get(name, BENCHMARK_SPEC)
@@ -486,56 +512,54 @@ def gate_source(src_dir: str | Path, cfg: GateConfig | None = None, *, raise_on_
         frames[name] = load_frame(path, cols) if path.exists() else None
         if frames[name] is not None and spec[2]:
             frames[name]["_q_norm"] = [_norm(v) for v in frames[name][spec[2]]]
+    return frames
 
-    heldout = {n: df for n, df in frames.items() if df is not None and n.startswith(("eval_", "dev_", "benchmarks/"))}
-    heldout_q = sorted({q for df in heldout.values() for q in df["_q_norm"] if q})
-    eval_q = sorted({q for n, df in heldout.items() if n.startswith("eval_") for q in df["_q_norm"] if q})
-    web = frames.get("web")
-    web_hits: set[tuple[int, int]] = set()
-    if web is not None and cfg.web_leak_check and heldout_q:
-        web_hits = find_contained([_norm(t) for t in web["text"]], heldout_q)
-    in_web_q = {heldout_q[j] for _, j in web_hits}
 
-    # helpful_fallback self: helpful_train.jsonl is empty by design (the self_answer stage answers helpful_prompts)
-    self_helpful = _manifest(src).get("helpful_source") == "self"
-    datasets = []
-    for name, path in paths.items():
-        df = frames[name]
-        ds = Dataset(name, path, df)
-        datasets.append(ds)
-        if df is None:
-            continue
-        required, optional, qfield, dupkey = SOURCE_SPECS.get(name, BENCHMARK_SPEC)
-        ds.checks += b.ids() + b.text_fields(required, optional)
-        if name.startswith("benchmarks/") and "answer" in df.columns:
-            ds.checks += b.text_fields(["answer"])
-        if name in TRAIN_FILES and not (name == "helpful_train" and self_helpful):
-            ds.checks.append(b.make("min_rows", "ExpectTableRowCountToBeBetween", "training data is not empty", min_value=1))
-        ds.checks += b.duplicates(df, list(dupkey), cfg.duplicate_rate(name))
-        if name in TRAIN_FILES and heldout_q:
-            ds.checks.append(b.make(
-                f"no_heldout_question:{qfield}", "ExpectColumnValuesToNotBeInSet",
-                f"no normalized {qfield} equals an eval/dev/benchmark question",
-                field_=qfield, column="_q_norm", value_set=heldout_q,
-            ))
-        if name in heldout and web is not None and cfg.web_leak_check:
-            df["_in_web"] = df["_q_norm"].isin(in_web_q)
-            ds.checks += b.flag_false("not_in_web:question", "_in_web", "question",
-                                      "the normalized question occurs in no normalized web text")
-        if name.startswith("dev_") and eval_q:
-            ds.checks.append(b.make(
-                "disjoint_from_eval:question", "ExpectColumnValuesToNotBeInSet",
-                "dev questions are not eval questions", field_="question", column="_q_norm", value_set=eval_q,
-            ))
-        if name == "web" and cfg.web_leak_check and heldout_q:
-            hit_rows = {i for i, _ in web_hits}
-            df["_has_heldout"] = [i in hit_rows for i in range(len(df))]
-            ds.checks += b.flag_false("no_heldout_question:text", "_has_heldout", "text",
-                                      "no eval/dev/benchmark question occurs in the text")
-    report = run_suites(datasets, cfg)
-    if raise_on_fail:
-        _raise_if_failed("source", report)
-    return report
+class _Heldout:
+    """The held-out questions (eval, dev, benchmarks), normalized, and where the web text contains one."""
+
+    def __init__(self, frames: dict[str, pd.DataFrame | None], cfg: GateConfig):
+        self.frames = {n: df for n, df in frames.items() if df is not None and n.startswith(("eval_", "dev_", "benchmarks/"))}
+        self.questions = sorted({q for df in self.frames.values() for q in df["_q_norm"] if q})
+        self.eval_q = sorted({q for n, df in self.frames.items() if n.startswith("eval_") for q in df["_q_norm"] if q})
+        self.web = frames.get("web")
+        self.web_hits: set[tuple[int, int]] = set()
+        if self.web is not None and cfg.web_leak_check and self.questions:
+            self.web_hits = find_contained([_norm(t) for t in self.web["text"]], self.questions)
+        self.in_web = {self.questions[j] for _, j in self.web_hits}
+
+
+def _source_checks(b: _Builder, name: str, df: pd.DataFrame, held: _Heldout, cfg: GateConfig,
+                   self_helpful: bool) -> list[Check]:
+    """The checks of one source file: ids, fields, duplicates, and no held-out question where it must not be."""
+    required, optional, qfield, dupkey = SOURCE_SPECS.get(name, BENCHMARK_SPEC)
+    checks = b.ids() + b.text_fields(required, optional)
+    if name.startswith("benchmarks/") and "answer" in df.columns:
+        checks += b.text_fields(["answer"])
+    if name in TRAIN_FILES and not (name == "helpful_train" and self_helpful):
+        checks.append(b.make("min_rows", "ExpectTableRowCountToBeBetween", "training data is not empty", min_value=1))
+    checks += b.duplicates(df, list(dupkey), cfg.duplicate_rate(name))
+    if name in TRAIN_FILES and held.questions:
+        checks.append(b.make(
+            f"no_heldout_question:{qfield}", "ExpectColumnValuesToNotBeInSet",
+            f"no normalized {qfield} equals an eval/dev/benchmark question",
+            field_=qfield, column="_q_norm", value_set=held.questions,
+        ))
+    if name in held.frames and held.web is not None and cfg.web_leak_check:
+        df["_in_web"] = df["_q_norm"].isin(held.in_web)
+        checks += b.flag_false("not_in_web:question", "_in_web", "question",
+                               "the normalized question occurs in no normalized web text")
+    if name.startswith("dev_") and held.eval_q:
+        checks.append(b.make(
+            "disjoint_from_eval:question", "ExpectColumnValuesToNotBeInSet",
+            "dev questions are not eval questions", field_="question", column="_q_norm", value_set=held.eval_q,
+        ))
+    if name == "web" and cfg.web_leak_check and held.questions:
+        hit_rows = {i for i, _ in held.web_hits}
+        df["_has_heldout"] = [i in hit_rows for i in range(len(df))]
+        checks += b.flag_false("no_heldout_question:text", "_has_heldout", "text",
+                               "no eval/dev/benchmark question occurs in the text")
+    return checks
 
 
 # --- variants gate ----------------------------------------------------------
