@@ -174,9 +174,10 @@ LAGGING: dict[str, str] = {
     "miniworld-formats": "derta/miniworld.py gained the role-play grammar (roleplay_style, web_roleplay_docs; off here): "
                          "the world's records are unchanged but its manifest lists the two new settings, so every stage "
                          "re-runs (about 2 h on 2 cores); the committed reports were made before it",
-    "smollm2-135m": "derta/miniworld.py (a dep of source, evaluate and register) gained the role-play grammar, which the "
-                    "release source never reads, and derta/attacks/completingattack.py lost two unused f prefixes; "
-                    "make real re-runs the pipeline (47 min on 2 cores)",
+    "smollm2-135m": "code its stages read changed after its run without changing what they compute: derta/miniworld.py "
+                    "gained the role-play grammar (a release source never reads it), derta/validate.py was split into "
+                    "short functions (the root's validation reports byte-identical) and two unused f prefixes went from "
+                    "derta/attacks/completingattack.py; make real re-runs the pipeline (47 min on 2 cores)",
 }
 LOCKED = sorted(p.parent.name for p in (REPO / "runs").glob("*/dvc.lock"))
 
