@@ -8,6 +8,7 @@ import inspect
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -56,11 +57,22 @@ def _rwlock(tmp_path, lock: dict | str):
     return d / "rwlock"
 
 
+def _argv_set(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Wait until ``proc``'s command line reads back: Popen returns once the exec closed its pipe, which the
+    kernel does before it writes the new argv, so under load /proc/PID/cmdline can still be empty."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while not psutil.Process(proc.pid).cmdline() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_clear_stale_locks_drops_dead_and_reused_pids_keeps_live_dvc(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
     other = subprocess.Popen(["sleep", "30"])  # a pid reused by a process that is not dvc
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "dvc", "repro"])
+    _argv_set(live)
     try:
         lock = {"read": {"data/source": [{"pid": dead.pid, "cmd": "dvc repro"}, {"pid": live.pid, "cmd": "dvc repro"}]},
                 "write": {"models/base": {"pid": other.pid, "cmd": "dvc repro"},
