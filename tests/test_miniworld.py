@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 
 import pytest
@@ -208,12 +209,18 @@ def test_roleplay_pages_are_a_grammar_of_their_own_with_held_out_tasks_unseen():
     heldout = {t.text for split in ("eval", "dev") for t in split_tasks(cfg)[split]}
     assert not any(h in p for p in pages + asked for h in heldout)
     attack_text = [*jailbreakchat.BUILTIN_TEMPLATES, *autodan.SEED_TEMPLATES, *pair._PERSONAS,
-                   pair._roleplay("{q}", __import__("random").Random(0)), pair._hypothetical("{q}", None)]
+                   pair._roleplay("{q}", random.Random(0)), pair._hypothetical("{q}", None)]
     grammar = " ".join([*ROLE_SCENES, *ROLE_SETUPS, *ROLE_RULES, *ROLE_ASKS, *(p.split("\n")[0] for p in pages)])
     assert not _shared_runs(grammar, attack_text)
-    # Off (the default) the world is what it was, draw for draw.
-    assert _dump(generate(MiniWorldConfig(**SMALL))) == _dump(generate(MiniWorldConfig(**{**SMALL, "roleplay_style": "frames",
-                                                                                          "web_roleplay_docs": 0})))
+    # Off (the default): the persona format keeps its four frames and no page is added. (The records are the same as
+    # before the grammar: a SMALL world's sha256 was checked equal at d28c223 and 14b3df8; the locks pin the rest.)
+    from derta.miniworld import PERSONA_FRAMES
+
+    default = generate(MiniWorldConfig(**{**SMALL, "household": True}))
+    frame_heads = tuple(f.split("{")[0] for f in PERSONA_FRAMES)
+    persona = [d["text"] for d in default["web"] if d["kind"] == "format_persona"]
+    assert len(persona) == 3 and all(p.startswith(frame_heads) for p in persona)
+    assert all(r["instruction"].startswith(frame_heads) for r in default["helpful_train"][-5:])
 
 
 def test_the_shared_run_check_finds_a_copied_phrase():
