@@ -61,7 +61,7 @@ venv: $(STAMP) .dvc/config
 
 # The MLflow store is created once up front: two stages creating it at once race on the schema.
 run: venv
-	$(VPY) -c "import mlflow; mlflow.set_tracking_uri('$(MLFLOW_TRACKING_URI)'); mlflow.search_experiments()"
+	$(VPY) -m derta.cli mlflow-store '$(MLFLOW_TRACKING_URI)'
 	$(DVC) repro
 
 # PREFECT_HOME and the MLflow store live in a temp dir so tests touch nothing in the repo.
@@ -89,7 +89,7 @@ REAL_PROFILE ?= smollm2-135m
 real: venv models/smollm2-135m/source.json
 	$(VPY) -m derta.cli profile-stages $(REAL_PROFILE) --check
 	$(VPY) -m derta.cli check-profile $(REAL_PROFILE)
-	$(VPY) -c "import mlflow; mlflow.set_tracking_uri('$(MLFLOW_TRACKING_URI)'); mlflow.search_experiments()"
+	$(VPY) -m derta.cli mlflow-store '$(MLFLOW_TRACKING_URI)'
 	$(DVC) repro runs/$(REAL_PROFILE)/dvc.yaml
 
 lint: $(STAMP)

@@ -146,6 +146,23 @@ def _model_for_eval(ref: str, tmp: Path) -> Path:
     return tmp / "variant"
 
 
+def create_store(uri: str) -> None:
+    """Create a SQLite MLflow store before stages or experiments run at once: two processes creating it together
+    race on its schema, and the loser fails (``duplicate column name``). Other stores are left to the stages."""
+    if uri.startswith("sqlite:"):
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        mlflow.search_experiments()
+
+
+def cmd_mlflow_store(args: argparse.Namespace) -> int:
+    from derta.live import tracking_uri
+
+    create_store(args.uri or tracking_uri())
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """The evaluate stage (attacks, judge, helpfulness) on any checkpoint, no training stages; one JSON line."""
     import tempfile
@@ -214,6 +231,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--bench", required=True, help="benchmark whose scorer to use: gsm8k | mmlu | miniworld")
     p.add_argument("--responses", required=True, help="JSON lines or a JSON list of {question, response, answer}")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("mlflow-store", help="create the SQLite MLflow store once, before stages run at once")
+    p.add_argument("uri", nargs="?", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.set_defaults(func=cmd_mlflow_store)
 
     p = sub.add_parser("config", help="print the fields, defaults and help of a step config")
     p.add_argument("step", nargs="?", default=None, help=f"one of {sorted(STEP_CONFIGS)}; omit to list them")

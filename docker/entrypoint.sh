@@ -18,7 +18,7 @@ if [ "$1" = "dvc" ]; then
     dvc config --local core.no_scm true
   fi
   if [[ "${MLFLOW_TRACKING_URI:-}" == sqlite:* ]]; then
-    python -c "import mlflow; mlflow.set_tracking_uri('${MLFLOW_TRACKING_URI}'); mlflow.search_experiments()"
+    python -m derta.cli mlflow-store "${MLFLOW_TRACKING_URI}"
   fi
 fi
 

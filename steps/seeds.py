@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from derta import live, stages
+from derta.cli import create_store
 from derta.config import load_params
 from derta.findings import findings
 from derta.io import sha256_file, write_json, write_text
@@ -318,16 +319,6 @@ def _print_logs(dvc: str, names: list[str], lines: int = 40) -> None:
         except subprocess.TimeoutExpired:
             text = "(dvc queue logs did not answer within 120 s)"
         print(f"----- dvc queue logs {name} (last {lines} lines)", *text.splitlines()[-lines:], sep="\n", file=sys.stderr)
-
-
-def create_store(uri: str) -> None:
-    """Create a SQLite MLflow store before experiments run at once: two stages creating it together race on its
-    schema, and the loser fails (``duplicate column name``). Other stores are left to the stages."""
-    if uri.startswith("sqlite:"):
-        import mlflow
-
-        mlflow.set_tracking_uri(uri)
-        mlflow.search_experiments()
 
 
 def forget(dvc: str, name: str) -> bool:

@@ -97,8 +97,7 @@ def make_workspace(dest: Path, shape: Callable[[dict], dict] = small_params) -> 
 
 def init_mlflow_store(uri: str) -> None:
     """Create the SQLite store once up front (two stages creating it at once race on the schema)."""
-    subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.set_tracking_uri({uri!r}); mlflow.search_experiments()"],
-                   check=True, env=env(), capture_output=True)
+    subprocess.run([sys.executable, "-m", "derta.cli", "mlflow-store", uri], check=True, env=env(), capture_output=True)
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ def derta(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 def test_help_lists_every_subcommand():
     r = derta("--help")
     assert r.returncode == 0, r.stderr
-    for cmd in ("attacks", "judges", "judge", "judge-devset", "bench", "world", "config"):
+    for cmd in ("attacks", "judges", "judge", "judge-devset", "bench", "world", "config", "mlflow-store"):
         assert cmd in r.stdout
 
 
@@ -115,3 +115,20 @@ def test_world_writes_the_source_files(tmp_path):
         assert path.is_file()
         assert meta["records"] == sum(1 for _ in path.open(encoding="utf-8")) > 0
     assert json.loads(r.stdout) == {k: v["records"] for k, v in manifest["files"].items()}
+
+
+def test_mlflow_store_creates_the_sqlite_store_once_up_front(tmp_path):
+    """`make run`, `make real`, `make seeds` and the e2e tests create the store before stages run at once."""
+    from derta.cli import create_store
+
+    db = tmp_path / "a.db"
+    r = derta("mlflow-store", f"sqlite:///{db}")
+    assert r.returncode == 0, r.stderr
+    assert db.stat().st_size > 0
+    (tmp_path / "cwd").mkdir()
+    env_db = tmp_path / "b.db"
+    r = subprocess.run([sys.executable, "-m", "derta.cli", "mlflow-store"], cwd=tmp_path / "cwd", capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{env_db}"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert env_db.stat().st_size > 0 and not (tmp_path / "cwd" / "mlflow.db").exists()
+    create_store("http://127.0.0.1:9")  # a server is the stages' business: nothing is contacted here

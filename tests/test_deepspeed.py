@@ -161,9 +161,11 @@ def test_two_ranks_shard_data_and_log_one_mlflow_run(world, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from derta.cli import create_store
+
     uri = f"sqlite:///{tmp_path / 'm.db'}"
+    create_store(uri)  # before two ranks could race on its schema
     mlflow.set_tracking_uri(uri)
-    mlflow.search_experiments()  # create the store before two ranks could race on its schema
     out = tmp_path / "out"
     config = {"deepspeed": ZERO2, "epochs": 1, "total_batch_size": 8, "per_device_batch_size": 2, "report_to": ["mlflow"]}
     cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "tests.ds_worker",

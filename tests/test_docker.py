@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -56,3 +57,15 @@ def test_entrypoint_execs_its_args_and_defaults_to_dvc_repro():
         text = (ROOT / dockerfile).read_text(encoding="utf-8")
         assert 'ENTRYPOINT ["bash", "/app/docker/entrypoint.sh"]' in text
         assert 'CMD ["dvc", "repro"]' in text
+
+
+def test_entrypoint_creates_the_sqlite_store_before_dvc(tmp_path):
+    """A container's `dvc ...` starts with the MLflow store created once (stages running at once would race on it)."""
+    venv_bin = Path(sys.executable).parent
+    db = tmp_path / "m.db"
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    r = subprocess.run(["bash", str(ROOT / "docker/entrypoint.sh"), "dvc", "--version"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert db.stat().st_size > 0 and (tmp_path / ".dvc").is_dir()

@@ -11,7 +11,6 @@ from steps.seeds import (
     add_helpfulness_by_kind,
     aggregate,
     check_overrides,
-    create_store,
     forget,
     helpfulness_by_kind,
     markdown,
@@ -264,13 +263,6 @@ def test_supervise_restarts_workers_that_left_experiments_queued():
                                       {"seed-0": "Success", "seed-1": "Running"}, {"seed-0": "Success", "seed-1": "Success"})
     assert supervise({"seed-0", "seed-1"}, start, status, timeout_s=60, poll_s=0, idle_s=0)["seed-1"] == "Success"
     assert seen["starts"] >= 2
-
-
-def test_the_sqlite_store_is_created_before_the_experiments_start(tmp_path):
-    db = tmp_path / "mlflow.db"
-    create_store(f"sqlite:///{db}")
-    assert db.exists() and db.stat().st_size > 0
-    create_store("http://127.0.0.1:9")  # a server is the stages' business: nothing is contacted here
 
 
 def test_supervise_does_not_restart_while_an_experiment_runs():
