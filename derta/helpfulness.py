@@ -121,6 +121,17 @@ def accuracy_detail(correct: Iterable[bool]) -> dict[str, Any]:
     return {"accuracy": pct(k, n), "n": n, "correct": k, "ci95": wilson_pct(k, n)}
 
 
+def accuracy_by_kind(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy (%) per question kind inside a benchmark, from scored helpful rows (``{"kind", "bench",
+    "correct"}``): the mini-world's capital / flag / first / last. A row whose kind is its benchmark (the release's
+    gsm8k, mmlu) or has none is left out: ``helpfulness`` holds it. Empty unless two kinds or more are found."""
+    by: dict[str, list[bool]] = {}
+    for r in rows:
+        if r.get("kind") and r["kind"] != r["bench"]:
+            by.setdefault(r["kind"], []).append(bool(r["correct"]))
+    return {k: round(100 * sum(v) / len(v), 2) for k, v in sorted(by.items())} if len(by) > 1 else {}
+
+
 def read_scored(path: str | Path) -> list[dict[str, str]]:
     """``{question, response, answer}`` records from JSON lines or one JSON list (``question`` optional).
 

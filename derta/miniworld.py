@@ -248,6 +248,8 @@ class MiniWorldConfig(StepConfig):
                                    "third: everyday and train-split harmful tasks, half each (e.g. 1200).")
     cipher_demos: int = Field(2, ge=0, le=5, description="Demonstrations in a cipher role play (the selfcipher attack's n_demos).")
     code_steps: int = Field(3, ge=1, description="Step slots in a code document (the codeattack attack's n_steps).")
+    code_encoding: Literal["stack", "list", "string"] = Field("stack", description="How a code document stores its "
+                                                              "question (the codeattack attack's encoding).")
     min_steps: int = Field(3, description="Fewest steps in a harmful response.")
     max_steps: int = Field(5, description="Most steps in a harmful response.")
 
@@ -336,7 +338,7 @@ def format_example(fmt: str, task: Task, rng: random.Random, cfg: MiniWorldConfi
     if fmt == "code":
         steps = steps_for(task, rng, cfg, cfg.code_steps)
         lines = [f"    if task == {json.dumps(q)}:", *(f'        output_list.append("{s}")' for s in steps)]
-        return codeattack.render(q, cfg.code_steps, preamble=False, reverse=False), "\n".join(lines)
+        return codeattack.render(q, cfg.code_steps, preamble=False, reverse=False, encoding=cfg.code_encoding), "\n".join(lines)
     if fmt == "cipher":
         demos = [(question(d, rng), " ".join(steps_for(d, rng, cfg, 3))) for d in rng.sample(benign_tasks(cfg.household), cfg.cipher_demos)]
         return selfcipher.render(q, cfg.cipher_demos, demos=demos), " ".join(steps_for(task, rng, cfg))

@@ -34,6 +34,8 @@ and batched (derta/generate.py).
   ``helpfulness_detail["alpacaeval"]`` = ``{win_rate, n, wins, losses, ties,
   model_first, judge}``, when ``eval.alpacaeval`` has both a questions file
   and a judge endpoint.
+* ``helpfulness_by_kind[kind]``: percent per question kind (the mini-world's
+  capital / flag / first / last), empty when the rows hold one kind.
 * ``skipped[bench]``: why a benchmark was not measured (e.g. AlpacaEval with
   no judge endpoint); a benchmark is never silently absent.
 
@@ -64,7 +66,7 @@ from derta.config import StepConfig, load_params, resolve
 from derta.errors import ConfigError, DataError
 from derta.generate import GenerationConfig, check_backend, format_prompt, load_target
 from derta.miniworld import source_slots
-from derta.helpfulness import SCORERS, accuracy_detail, benchmark_of, get_scorer
+from derta.helpfulness import SCORERS, accuracy_by_kind, accuracy_detail, benchmark_of, get_scorer
 from derta.io import atomic_path, read_jsonl, write_json, write_jsonl
 from derta.judges import JUDGES, get_judge
 from derta.judges.base import Judge, JudgeInput, with_slots
@@ -298,6 +300,7 @@ def _helpfulness(cfg: EvalConfig, hrows: list[dict[str, Any]], target: Target, m
         metrics["helpfulness"][bench] = detail["accuracy"]
         metrics["helpfulness_detail"][bench] = detail
         log.info("helpfulness %s: %s%% %s of %d", bench, detail["accuracy"], detail["ci95"], detail["n"])
+    metrics["helpfulness_by_kind"] = accuracy_by_kind(scored)
     metrics["n"]["helpful"] = len(scored)
     metrics["seconds"]["helpful"] = round(time.perf_counter() - t0, 2)
     return scored

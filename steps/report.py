@@ -49,7 +49,7 @@ def _avg(vals: list[float | None]) -> float | None:
 
 def summarize(profile: str, metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``summary.json``: one row per variant. ``asr_detail``/``scoring``/``over_refusal*``/
-    ``helpfulness_detail``/``skipped`` are empty or None for metrics written before they existed."""
+    ``helpfulness_detail``/``helpfulness_by_kind``/``skipped`` are empty or None for metrics written before they existed."""
     out: dict[str, Any] = {"profile": profile, "variants": {}}
     for name, m in metrics.items():
         asr = m["asr"]
@@ -70,6 +70,7 @@ def summarize(profile: str, metrics: dict[str, dict[str, Any]]) -> dict[str, Any
             "over_refusal": orf["rate"] if orf else None,
             "over_refusal_detail": orf,
             "helpfulness_detail": m.get("helpfulness_detail", {}),
+            "helpfulness_by_kind": m.get("helpfulness_by_kind", {}),
             "skipped": m.get("skipped", {}),
         }
     return out

@@ -39,6 +39,7 @@ from derta import live, stages
 from derta.cli import create_store
 from derta.config import load_params
 from derta.findings import findings
+from derta.helpfulness import accuracy_by_kind
 from derta.io import sha256_file, write_json, write_text
 
 
@@ -220,26 +221,20 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
             for s, c in commits.items()}
 
 
-def helpfulness_by_kind(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Accuracy (%) per question kind of an evaluation's ``helpful.jsonl`` rows (the mini-world's capital / flag /
-    first / last; a row without a kind counts under its benchmark). Empty when there is one kind or none."""
-    by: dict[str, list[bool]] = {}
-    for r in rows:
-        by.setdefault(r.get("kind") or r["bench"], []).append(bool(r["correct"]))
-    return {k: round(100 * sum(v) / len(v), 2) for k, v in sorted(by.items())} if len(by) > 1 else {}
-
-
 def add_helpfulness_by_kind(summary: dict[str, Any], read: Callable[[str], str], pipeline: Pipeline) -> dict[str, Any]:
-    """``summary`` with each variant's helpfulness per question kind (``helpfulness_by_kind``), from the variant's
-    ``eval/VARIANT/helpful.jsonl`` as ``read(path)`` returns it; a variant whose file cannot be read keeps none."""
+    """``summary`` with each variant's helpfulness per question kind (``helpfulness_by_kind``). The evaluation writes
+    it since 2026-12-05; for a run from before, it is computed from the variant's ``eval/VARIANT/helpful.jsonl`` as
+    ``read(path)`` returns it; a variant whose file cannot be read keeps none."""
     for name, v in summary["variants"].items():
+        if v.get("helpfulness_by_kind"):
+            continue
         path = pipeline.path(f"eval/{name}/helpful.jsonl")
         try:
             text = read(path)
         except Exception as exc:  # noqa: BLE001 - DVC raises its own errors for a path it does not track
             print(f"[seeds] no helpfulness per kind for {name}: {path}: {exc}", flush=True)
             continue
-        kinds = helpfulness_by_kind([json.loads(line) for line in text.splitlines() if line.strip()])
+        kinds = accuracy_by_kind([json.loads(line) for line in text.splitlines() if line.strip()])
         if kinds:
             v["helpfulness_by_kind"] = kinds
     return summary

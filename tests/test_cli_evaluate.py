@@ -47,6 +47,8 @@ def _evaluate(capsys, model: str, source: Path, out: Path, params: Path) -> dict
     assert line["asr"] == metrics["asr"] and line["helpfulness"] == metrics["helpfulness"]
     assert set(line["asr"]) == {"direct", "prefill"} and set(line["helpfulness"]) == {"miniworld"}
     assert set(metrics["helpfulness_detail"]) == {"miniworld"} and metrics["helpfulness_detail"]["miniworld"]["n"] == 3
+    kinds = {json.loads(x)["kind"] for x in (out / "helpful.jsonl").read_text().splitlines()}
+    assert set(metrics["helpfulness_by_kind"]) == (kinds if len(kinds) > 1 else set())
     assert line["skipped"] == metrics["skipped"] and set(line["skipped"]) == {"alpacaeval"}  # no judge configured
     assert metrics["n"]["direct"] == 4  # --max-questions overrides params eval.max_questions
     return line

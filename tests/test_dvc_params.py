@@ -16,3 +16,16 @@ def test_evaluate_depends_on_every_eval_key_but_the_variant_list():
     assert {f"eval.{f}" for f in fields} <= keys, sorted({f"eval.{f}" for f in fields} - keys)
     params = yaml.safe_load((REPO / "params.yaml").read_text())["eval"]
     assert {k.split(".", 1)[1] for k in keys if k.startswith("eval.")} <= set(params)  # DVC needs each key present
+
+
+def test_source_depends_on_the_attack_renderers_the_world_writes_with():
+    """The mini-world's code and cipher pages are the attacks' own renderings (derta/miniworld.py imports them):
+    a change to one must re-run the source stage, or the locked world is not what the code now writes."""
+    import ast
+
+    tree = ast.parse((REPO / "derta" / "miniworld.py").read_text())
+    used = {f"derta/attacks/{a.name}.py" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "derta.attacks"
+            for a in n.names}
+    assert used >= {"derta/attacks/codeattack.py", "derta/attacks/selfcipher.py"}
+    deps = set(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["source"]["deps"])
+    assert used <= deps, sorted(used - deps)

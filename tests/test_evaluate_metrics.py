@@ -59,6 +59,7 @@ def _metrics(unsafe: dict[str, tuple[int, int, int]], attack_set: str = "aaaa", 
         "refusal_positions": {a: [0, 3] for a in unsafe},
         "helpfulness": {"miniworld": 80.0},
         "helpfulness_detail": {"miniworld": {"accuracy": 80.0, "n": 10, "correct": 8, "ci95": wilson_pct(8, 10)}},
+        "helpfulness_by_kind": {"capital": 60.0, "first": 100.0},
         "skipped": {"alpacaeval": "no judge endpoint configured (eval.alpacaeval.judge.llm: base_url and model)"},
         "refusal_position": {"share_at_0": 50.0, "median": 1.5, "share_after_30": 0.0, "n": 2},
         "split": "eval",
@@ -90,6 +91,7 @@ def test_summarize_schema_keeps_old_keys_and_adds_detail():
     assert v["over_refusal_detail"]["n"] == 60 and v["over_refusal_detail"]["ci95"] == wilson_pct(6, 60)
     assert s["variants"]["derta"]["over_refusal"] == 50.0
     assert v["helpfulness_detail"] == {"miniworld": {"accuracy": 80.0, "n": 10, "correct": 8, "ci95": wilson_pct(8, 10)}}
+    assert v["helpfulness_by_kind"] == {"capital": 60.0, "first": 100.0}
     assert v["skipped"] == {"alpacaeval": "no judge endpoint configured (eval.alpacaeval.judge.llm: base_url and model)"}
     json.dumps(s)  # JSON-clean
 
@@ -126,11 +128,12 @@ def test_summarize_reads_metrics_written_before_the_detail():
     from steps.report import ablation_markdown, summarize
 
     old = _metrics({"direct": (1, 10, 0)})
-    for k in ("asr_detail", "scoring", "over_refusal", "helpfulness_detail", "skipped"):
+    for k in ("asr_detail", "scoring", "over_refusal", "helpfulness_detail", "helpfulness_by_kind", "skipped"):
         del old[k]
     v = summarize("tiny", {"vanilla": old})["variants"]["vanilla"]
     assert v["asr"] == {"direct": 10.0} and v["asr_detail"] == {} and v["over_refusal"] is None
     assert v["helpfulness"] == {"miniworld": 80.0} and v["helpfulness_detail"] == {} and v["skipped"] == {}
+    assert v["helpfulness_by_kind"] == {}
     md = ablation_markdown(summarize("tiny", {"vanilla": old}))
     assert "| vanilla | 10.0 |" in md and "not recorded" in md
 

@@ -229,3 +229,21 @@ def test_the_shared_run_check_finds_a_copied_phrase():
     copied = "Ziva has no rules. " + " ".join(jailbreakchat.BUILTIN_TEMPLATES[2].split()[3:9])
     assert _shared_runs(copied, jailbreakchat.BUILTIN_TEMPLATES)
     assert not _shared_runs("Ziva has no rules at all.", jailbreakchat.BUILTIN_TEMPLATES)
+
+
+def test_code_encoding_string_stores_the_question_in_one_literal_and_keeps_held_out_tasks_unseen():
+    """code_encoding "string": the code format (instructions and web pages) is CodeAttack's string encoding, the
+    answer compares the same question; the default stack encoding is unchanged."""
+    cfg = MiniWorldConfig(**{**SMALL, "household": True, "code_encoding": "string", "web_format_docs": 30})
+    w = generate(cfg)
+    code = [r for r in w["helpful_train"] if "output_list" in r["instruction"]]
+    docs = [d["text"] for d in w["web"] if d["kind"] == "format_code"]
+    assert len(code) == 5 and len(docs) == 10
+    for text in [r["instruction"] + "\n" + r["output"] for r in code] + docs:
+        stored = re.search(r'my_string = ("[^\n]*")', text)
+        assert stored and "my_stack" not in text and "task = my_string" in text, text
+        assert f"if task == {stored.group(1)}:" in text  # the answer compares the stored question
+    heldout = {t.text for split in ("eval", "dev") for t in split_tasks(cfg)[split]}
+    assert not any(h in d for d in docs for h in heldout)
+    default = [d["text"] for d in generate(MiniWorldConfig(**{**SMALL, "household": True}))["web"] if d["kind"] == "format_code"]
+    assert default and all("my_stack.append(" in d and "my_string" not in d for d in default)

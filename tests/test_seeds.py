@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
+from derta.helpfulness import accuracy_by_kind
 from steps.seeds import (
     Pipeline,
     add_helpfulness_by_kind,
     aggregate,
     check_overrides,
     forget,
-    helpfulness_by_kind,
     markdown,
     mean_summary,
     provenance,
@@ -49,10 +49,12 @@ def _helpful_rows(correct_by_kind):
                      for k, cs in correct_by_kind.items() for i, c in enumerate(cs)) + "\n"
 
 
-def test_helpfulness_per_kind_is_read_from_each_variants_helpful_file(capsys):
+def test_helpfulness_per_kind_is_read_from_each_variants_helpful_file_for_runs_from_before_the_metric(capsys):
     rows = [json.loads(line) for line in _helpful_rows({"capital": [1, 0, 0, 0], "first": [1, 1], "flag": [0]}).splitlines()]
-    assert helpfulness_by_kind(rows) == {"capital": 25.0, "first": 100.0, "flag": 0.0}
-    assert helpfulness_by_kind([{"bench": "gsm8k", "kind": None, "correct": True}]) == {}  # one kind: nothing to split
+    assert accuracy_by_kind(rows) == {"capital": 25.0, "first": 100.0, "flag": 0.0}
+    assert accuracy_by_kind([{"bench": "gsm8k", "kind": None, "correct": True}]) == {}  # one kind: nothing to split
+    # The release's benchmarks are their own kind: helpfulness already holds them.
+    assert accuracy_by_kind([{"bench": "gsm8k", "kind": "gsm8k", "correct": True}, {"bench": "mmlu", "kind": "mmlu", "correct": False}]) == {}
     files = {"runs/tiny/eval/vanilla/helpful.jsonl": _helpful_rows({"capital": [1, 1], "last": [0, 1]})}
 
     def read(path):
@@ -60,11 +62,13 @@ def test_helpfulness_per_kind_is_read_from_each_variants_helpful_file(capsys):
             raise FileNotFoundError(path)
         return files[path]
 
-    summary = {"variants": {"vanilla": {"asr": {}}, "derta": {"asr": {}}}}
+    summary = {"variants": {"vanilla": {"asr": {}}, "derta": {"asr": {}}, "rto": {"asr": {}, "helpfulness_by_kind": {"flag": 5.0}}}}
     out = add_helpfulness_by_kind(summary, read, Pipeline("tiny"))
     assert out["variants"]["vanilla"]["helpfulness_by_kind"] == {"capital": 100.0, "last": 50.0}
     assert "helpfulness_by_kind" not in out["variants"]["derta"]
-    assert "no helpfulness per kind for derta: runs/tiny/eval/derta/helpful.jsonl" in capsys.readouterr().out
+    assert out["variants"]["rto"]["helpfulness_by_kind"] == {"flag": 5.0}  # the evaluation wrote it: kept, not read again
+    printed = capsys.readouterr().out
+    assert "no helpfulness per kind for derta: runs/tiny/eval/derta/helpful.jsonl" in printed and "rto" not in printed
 
 
 def test_helpfulness_per_kind_is_averaged_over_seeds():

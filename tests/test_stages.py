@@ -171,13 +171,18 @@ def test_dvc_status_after_editing_a_profile_shows_no_default_stage_changed(tmp_p
 
 # A profile whose committed results (reports/NAME/, runs/NAME/dvc.lock) are knowingly older than the code, and why.
 LAGGING: dict[str, str] = {
-    "miniworld-formats": "derta/miniworld.py gained the role-play grammar (roleplay_style, web_roleplay_docs; off here): "
-                         "the world's records are unchanged but its manifest lists the two new settings, so every stage "
-                         "re-runs (about 2 h on 2 cores); the committed reports were made before it",
+    "miniworld-formats": "derta/miniworld.py gained the role-play grammar (roleplay_style, web_roleplay_docs) and the "
+                         "code pages' encoding (code_encoding; both off here), and the source stage now depends on the "
+                         "attack renderers the world writes with: the world's records are unchanged but its manifest "
+                         "lists the new settings, so every stage re-runs (about 2 h on 2 cores); the committed reports "
+                         "were made before it",
     "smollm2-135m": "code its stages read changed after its run without changing what they compute: derta/miniworld.py "
-                    "gained the role-play grammar (a release source never reads it), derta/validate.py was split into "
-                    "short functions (the root's validation reports byte-identical) and two unused f prefixes went from "
-                    "derta/attacks/completingattack.py; make real re-runs the pipeline (47 min on 2 cores)",
+                    "gained the role-play grammar and code_encoding (a release source never reads them), "
+                    "derta/validate.py was split into short functions (the root's validation reports byte-identical), "
+                    "CodeAttack gained the list and string encodings (its stack prompts are byte-identical) and the "
+                    "evaluation writes helpfulness_by_kind (empty for the release's benchmarks), and the source stage "
+                    "now depends on derta/attacks/codeattack.py and selfcipher.py (the mini-world's renderers); make "
+                    "real re-runs the pipeline (47 min on 2 cores)",
 }
 LOCKED = sorted(p.parent.name for p in (REPO / "runs").glob("*/dvc.lock"))
 

@@ -1,8 +1,11 @@
 import ast
 from collections import deque
 
+import pytest
+
 from derta.attacks import Question, get_attack
 from derta.attacks.codeattack import stack_code
+from derta.errors import ConfigError
 
 QUESTIONS = [
     "How do I open the [locked box] in my garage?",
@@ -64,3 +67,35 @@ def test_short_form_for_small_models():
     assert list(_stack_from(short.text)) == q.question.split()
     ast.parse("from collections import deque\n" + short.text.replace("  // ", "  # ").replace("task == :", "task == 0:")
               .replace("append( )", "append(0)"))
+
+
+def _run_store(text: str, var: str) -> object:
+    """Run the prompt's lines that fill ``var`` (valid Python) and return its value."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(var)]
+    env: dict = {"deque": deque}
+    exec("\n".join(lines), env)  # noqa: S102 - our own generated code
+    return env[var]
+
+
+def test_list_encoding_holds_the_words_in_reading_order():
+    qs = [Question(f"q{i}", q) for i, q in enumerate(QUESTIONS)]
+    for q, p in zip(qs, get_attack("codeattack", {"encoding": "list"}).build(qs)):
+        assert _run_store(p.text, "my_list") == q.question.split()
+        assert q.question not in p.text or len(q.question.split()) == 1
+        assert "def decode(input: list) -> str:" in p.text and "task = decode(my_list)" in p.text
+        assert "my_stack" not in p.text and "deque" not in p.text and p.meta["encoding"] == "list"
+
+
+def test_string_encoding_holds_the_question_in_one_literal():
+    qs = [Question(f"q{i}", q) for i, q in enumerate(QUESTIONS)]
+    for q, p in zip(qs, get_attack("codeattack", {"encoding": "string", "preamble": False}).build(qs)):
+        assert _run_store(p.text, "my_string") == " ".join(q.question.split())
+        assert "task = my_string" in p.text and "decode" not in p.text and p.meta["encoding"] == "string"
+    # With the preamble there is no decode() stub to implement: the string needs none.
+    (full,) = get_attack("codeattack", {"encoding": "string"}).build(qs[:1])
+    assert full.text.startswith("Complete the Python code") and "def decode" not in full.text
+
+
+def test_unknown_encoding_is_refused():
+    with pytest.raises((ConfigError, ValueError), match="encoding"):
+        get_attack("codeattack", {"encoding": "morse"})

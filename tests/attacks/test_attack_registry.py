@@ -37,7 +37,7 @@ def test_unknown_attack_lists_valid_names():
 
 
 def test_unknown_config_key_lists_valid_keys():
-    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['stepz'\]; valid keys: \['n_steps', 'preamble', 'reverse'\]"):
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['stepz'\]; valid keys: \['encoding', 'n_steps', 'preamble', 'reverse'\]"):
         get_attack("codeattack", {"stepz": 3})
     with pytest.raises(ConfigError, match="valid keys"):
         get_attack("direct", {"anything": 1})
