@@ -179,7 +179,8 @@ LAGGING: dict[str, str] = {
     "smollm2-135m": "code its stages read changed after its run without changing what they compute: derta/miniworld.py "
                     "gained the role-play grammar and code_encoding (a release source never reads them), "
                     "derta/validate.py was split into short functions (the root's validation reports byte-identical), "
-                    "CodeAttack gained the list and string encodings (its stack prompts are byte-identical) and the "
+                    "CodeAttack gained the list and string encodings (its stack prompts are byte-identical), PAIR the "
+                    "judge: guideline option (off) and the "
                     "evaluation writes helpfulness_by_kind (empty for the release's benchmarks), and the source stage "
                     "now depends on derta/attacks/codeattack.py and selfcipher.py (the mini-world's renderers); make "
                     "real re-runs the pipeline (47 min on 2 cores)",
