@@ -223,10 +223,11 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
 
 def add_helpfulness_by_kind(summary: dict[str, Any], read: Callable[[str], str], pipeline: Pipeline) -> dict[str, Any]:
     """``summary`` with each variant's helpfulness per question kind (``helpfulness_by_kind``). The evaluation writes
-    it since 2026-12-05; for a run from before, it is computed from the variant's ``eval/VARIANT/helpful.jsonl`` as
-    ``read(path)`` returns it; a variant whose file cannot be read keeps none."""
+    it since 2026-12-05 (empty where the rows hold one kind); only for a run from before, which lacks the key, it is
+    computed from the variant's ``eval/VARIANT/helpful.jsonl`` as ``read(path)`` returns it; a variant whose file
+    cannot be read keeps none."""
     for name, v in summary["variants"].items():
-        if v.get("helpfulness_by_kind"):
+        if "helpfulness_by_kind" in v:
             continue
         path = pipeline.path(f"eval/{name}/helpful.jsonl")
         try:
