@@ -204,8 +204,8 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
     create_store(uri)
     names = {pipeline.name(s) for s in seeds}
     try:
-        status = supervise(names, lambda: _run(dvc, "queue", "start", "--jobs", str(jobs)), queue_status,
-                           timeout_s=timeout_s, poll_s=poll_s)
+        status = supervise(names, lambda n: _run(dvc, "queue", "start", "--jobs", str(n)), queue_status,
+                           jobs=jobs, timeout_s=timeout_s, poll_s=poll_s)
     except SystemExit:
         _print_logs(dvc, sorted(names))
         raise
@@ -275,16 +275,17 @@ def queue_status(names: set[str]) -> dict[str, str]:
         return {t["name"]: t["status"] for t in repo.experiments.celery_queue.status() if t["name"] in names}
 
 
-def supervise(names: set[str], start: Callable[[], object], status_of: Callable[[set[str]], dict[str, str]], *,
-              timeout_s: float, poll_s: float = 5.0, idle_s: float = 60.0) -> dict[str, str]:
-    """Start the queue's workers and wait until no experiment of ``names`` is queued or running.
+def supervise(names: set[str], start: Callable[[int], object], status_of: Callable[[set[str]], dict[str, str]], *,
+              jobs: int = 1, timeout_s: float, poll_s: float = 5.0, idle_s: float = 60.0) -> dict[str, str]:
+    """Start ``jobs`` queue workers (``start(n)`` starts n) and wait until no experiment of ``names`` is
+    queued or running.
 
     DVC's workers sometimes exit, or never pick a task up, while experiments are still queued
-    (treeverse/dvc#10562, #10829): when experiments stay queued with none running for ``idle_s``,
-    the workers are started again (what those issues' users do by hand). Past ``timeout_s`` the wait
-    ends with an error that shows every experiment's status.
+    (treeverse/dvc#10562, #10829): when experiments stay queued with fewer than ``jobs`` running for
+    ``idle_s``, the missing workers are started again (what those issues' users do by hand). Past
+    ``timeout_s`` the wait ends with an error that shows every experiment's status.
     """
-    start()
+    start(jobs)
     begun = time.monotonic()
     idle_since: float | None = None
     while True:
@@ -294,11 +295,12 @@ def supervise(names: set[str], start: Callable[[], object], status_of: Callable[
         if len(status) == len(names) and not queued and not running:
             return status
         now = time.monotonic()
-        idle_since = (idle_since or now) if queued and not running else None
+        missing = min(jobs - len(running), len(queued))
+        idle_since = (idle_since or now) if missing > 0 else None
         if idle_since is not None and now - idle_since >= idle_s:
-            print(f"[seeds] {sorted(queued)} queued with no experiment running for {idle_s:.0f} s: starting the workers again",
-                  flush=True)
-            start()
+            print(f"[seeds] {sorted(queued)} queued with {len(running)} of {jobs} running for {idle_s:.0f} s: "
+                  f"starting {missing} worker(s) again", flush=True)
+            start(missing)
             idle_since = None
         if now - begun > timeout_s:
             raise SystemExit(f"seeds did not finish within {timeout_s:.0f} s: {status}; see `dvc queue status` and "

@@ -211,14 +211,18 @@ def test_an_override_that_would_not_take_stops_before_anything_is_queued(tmp_pat
 
 def _fake_queue(*states):
     """A queue whose status walks through ``states`` (the last one repeats), counting worker starts."""
-    seen = {"starts": 0, "polls": 0}
+    seen = {"starts": 0, "polls": 0, "workers": []}
 
     def status(names):
         i = min(seen["polls"], len(states) - 1)
         seen["polls"] += 1
         return dict(states[i])
 
-    return seen, (lambda: seen.__setitem__("starts", seen["starts"] + 1)), status
+    def start(n):
+        seen["starts"] += 1
+        seen["workers"].append(n)
+
+    return seen, start, status
 
 
 # Every folder of make seeds' results under reports/: a profile's seeds (reports/**/seeds/) and measurements with
@@ -275,6 +279,17 @@ def test_supervise_does_not_restart_while_an_experiment_runs():
     seen, start, status = _fake_queue(*[{"seed-0": "Running", "seed-1": "Queued"}] * 5, {"seed-0": "Success", "seed-1": "Success"})
     supervise({"seed-0", "seed-1"}, start, status, timeout_s=60, poll_s=0, idle_s=0)
     assert seen["starts"] == 1
+
+
+def test_supervise_starts_the_missing_workers_when_fewer_than_jobs_run():
+    """Seen here (2026-12-05): with --jobs 2, one worker left after the first seed, so the third seed waited
+    queued while the second ran alone. Only the missing worker is started, so no more than ``jobs`` run."""
+    seen, start, status = _fake_queue({"s0": "Running", "s1": "Queued", "s2": "Queued"},
+                                      {"s0": "Running", "s1": "Running", "s2": "Queued"},
+                                      {"s0": "Success", "s1": "Running", "s2": "Running"},
+                                      {"s0": "Success", "s1": "Success", "s2": "Success"})
+    supervise({"s0", "s1", "s2"}, start, status, jobs=2, timeout_s=60, poll_s=0, idle_s=0)
+    assert seen["workers"][:2] == [2, 1]
 
 
 def test_supervise_gives_up_after_its_timeout_naming_each_status():
