@@ -82,9 +82,8 @@ def train_dpo(cfg: DPOTrainConfig, model_path: str | Path, pairs: list[dict[str,
     from datasets import Dataset
     from trl import DPOTrainer
 
-    from derta.io import write_json
     from derta.modeling import load_model
-    from derta.train import check_world_size, prepare_distributed_env, save_final_model
+    from derta.train import check_world_size, finish_training, prepare_distributed_env
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,10 +113,4 @@ def train_dpo(cfg: DPOTrainConfig, model_path: str | Path, pairs: list[dict[str,
         "resumed_from": None,
     }
     tok.padding_side = "left"  # generation (steps.evaluate) pads on the left
-    save_final_model(trainer, cfg, tok, out_dir / "model")
-    # Run times go to MLflow (the stage's live run), not into the DVC-hashed log.
-    hashed, timings = live.split_timings(summary)
-    live.log_metrics(timings)
-    if trainer.is_world_process_zero():
-        write_json(out_dir / "train_log.json", hashed)
-    return summary
+    return finish_training(trainer, cfg, tok, out_dir, summary)

@@ -220,6 +220,18 @@ def derta_loss(
     the inputs' dtypes. A batch with
     no targets gives loss 0.0 with zero gradients (not NaN).
     """
+    _check_loss_inputs(logits_or_hidden, labels, chunk_size)
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX  # (B, T-1)
+    targets = shift_labels[mask]  # (N,)
+    states = logits_or_hidden[:, :-1][mask]  # (N, V) logits or (N, H) hidden
+    needs_grad = torch.is_grad_enabled() and logits_or_hidden.requires_grad
+    loss_sum, per_token = _target_losses(states, targets, lm_head_weight, chunk_size, needs_grad)
+    denom = max(targets.numel(), 1) if num_items_in_batch is None else num_items_in_batch
+    return _split_by_rto(loss_sum / denom, per_token, mask, is_rto)
+
+
+def _check_loss_inputs(logits_or_hidden: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> None:
     if labels.dim() != 2:
         raise ValueError(f"labels must be (B, T), got shape {tuple(labels.shape)}")
     if logits_or_hidden.shape[:2] != labels.shape:
@@ -229,46 +241,33 @@ def derta_loss(
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX  # (B, T-1)
-    targets = shift_labels[mask]  # (N,)
-    states = logits_or_hidden[:, :-1][mask]  # (N, V) logits or (N, H) hidden
 
+
+def _target_losses(states: torch.Tensor, targets: torch.Tensor, lm_head_weight: torch.Tensor | None,
+                   chunk_size: int, states_need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed CE, detached per-target CE) over the target rows: from the logits directly, or
+    through the LM head chunk by chunk (:class:`_ChunkedLinearCrossEntropy`)."""
     if lm_head_weight is None:
-        acc = _acc_dtype(states.dtype)
-        per_token = F.cross_entropy(states.to(acc), targets, reduction="none")
-        loss_sum = per_token.sum()
-        per_token = per_token.detach()
-    else:
-        if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != states.shape[-1]:
-            raise ValueError(
-                f"lm_head_weight must be (V, H={states.shape[-1]}), got "
-                f"{tuple(lm_head_weight.shape)}"
-            )
-        grad_on = torch.is_grad_enabled()
-        loss_sum, per_token = _ChunkedLinearCrossEntropy.apply(
-            states,
-            lm_head_weight,
-            targets,
-            chunk_size,
-            grad_on and logits_or_hidden.requires_grad,
-            grad_on and lm_head_weight.requires_grad,
+        per_token = F.cross_entropy(states.to(_acc_dtype(states.dtype)), targets, reduction="none")
+        return per_token.sum(), per_token.detach()
+    if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != states.shape[-1]:
+        raise ValueError(
+            f"lm_head_weight must be (V, H={states.shape[-1]}), got "
+            f"{tuple(lm_head_weight.shape)}"
         )
+    weight_needs_grad = torch.is_grad_enabled() and lm_head_weight.requires_grad
+    return _ChunkedLinearCrossEntropy.apply(states, lm_head_weight, targets, chunk_size, states_need_grad, weight_needs_grad)
 
-    n_tokens = targets.numel()
-    if num_items_in_batch is None:
-        denom = max(n_tokens, 1)
-    else:
-        denom = num_items_in_batch
-    loss = loss_sum / denom
 
+def _split_by_rto(loss: torch.Tensor, per_token: torch.Tensor, mask: torch.Tensor,
+                  is_rto: torch.Tensor | None) -> LossOutput:
+    """The objective with its logged MLE and RTO parts (each the mean over its own targets)."""
     if is_rto is None:
-        token_rto = torch.zeros_like(targets, dtype=torch.bool)
+        token_rto = torch.zeros_like(per_token, dtype=torch.bool)
     else:
-        row = is_rto.to(device=labels.device, dtype=torch.bool)[:, None].expand_as(mask)
-        token_rto = row[mask]
+        token_rto = is_rto.to(device=mask.device, dtype=torch.bool)[:, None].expand_as(mask)[mask]
     n_rto = int(token_rto.sum())
-    n_mle = n_tokens - n_rto
+    n_mle = per_token.numel() - n_rto
     zero = per_token.new_zeros(())
     mle_loss = per_token[~token_rto].sum() / n_mle if n_mle else zero
     rto_loss = per_token[token_rto].sum() / n_rto if n_rto else zero

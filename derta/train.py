@@ -104,13 +104,38 @@ def encode_instances(records: list[dict[str, Any]], tokenizer, max_length: int) 
     return out
 
 
-def pack_documents(texts: list[str], tokenizer, block_size: int) -> list[dict[str, Any]]:
-    """Concatenate documents with EOS and cut into blocks (pretraining)."""
-    ids: list[int] = []
-    for chunk in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids.extend(chunk + [tokenizer.eos_token_id])
-    n = len(ids) // block_size
-    return [{"input_ids": ids[i * block_size : (i + 1) * block_size], "labels": ids[i * block_size : (i + 1) * block_size], "is_rto": False} for i in range(n)]
+def pack_documents(texts: list[str], tokenizer, block_size: int, whole: bool = False) -> list[dict[str, Any]]:
+    """Documents, each ended with EOS, packed into training blocks of at most ``block_size`` tokens (pretraining).
+
+    ``whole=False`` concatenates them and cuts every ``block_size`` tokens (a document can straddle two
+    blocks; the remainder is dropped). ``whole=True`` never cuts a document that fits in a block: one that
+    does not fit in the current block's room starts the next, so a document's beginning and its end are
+    learned in one context (the blocks are then shorter, and the collator pads them); a document longer
+    than a block is cut into whole blocks and its remainder starts the next one.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    docs = [chunk + [tokenizer.eos_token_id] for chunk in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    if whole:
+        blocks = _whole_blocks(docs, block_size)
+    else:
+        ids = [t for d in docs for t in d]
+        blocks = [ids[i * block_size : (i + 1) * block_size] for i in range(len(ids) // block_size)]
+    return [{"input_ids": b, "labels": list(b), "is_rto": False} for b in blocks]
+
+
+def _whole_blocks(docs: list[list[int]], block_size: int) -> list[list[int]]:
+    blocks: list[list[int]] = []
+    current: list[int] = []
+    for doc in docs:
+        if current and len(current) + len(doc) > block_size:
+            blocks.append(current)
+            current = []
+        while len(doc) > block_size:
+            blocks.append(doc[:block_size])
+            doc = doc[block_size:]
+        current = current + doc
+    return blocks + ([current] if current else [])
 
 
 @dataclass
@@ -364,11 +389,8 @@ def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], ou
     set up (:func:`prepare_distributed_env`). The Trainer's world size is
     checked against WORLD_SIZE before training (:func:`check_world_size`).
     """
-    import logging
-
     from datasets import Dataset
 
-    from derta.io import write_json
     from derta.modeling import refusal_token_id
 
     # Only RTO instances need the refusal token (pretraining has none).
@@ -379,12 +401,7 @@ def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], ou
     out_dir.mkdir(parents=True, exist_ok=True)
     prepare_distributed_env(cfg)
     stage = zero_stage(cfg)
-    loss_impl = cfg.loss_impl
-    if loss_impl == "chunked" and stage == 3:
-        # ZeRO-3 partitions lm_head.weight (a 0-size placeholder outside the module's
-        # forward), so the chunked loss cannot read it: use the logits path.
-        logging.getLogger(__name__).warning("train: loss_impl 'chunked' is not supported under ZeRO-3; using 'logits'")
-        loss_impl = "logits"
+    loss_impl = _loss_impl(cfg, stage)
     if cfg.lora.enabled:
         model = _wrap_lora(cfg.lora, model)
     if cfg.gradient_checkpointing:
@@ -400,27 +417,50 @@ def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], ou
     trainer.loss_impl, trainer.loss_chunk_size = loss_impl, cfg.loss_chunk_size
     resume = latest_checkpoint(out_dir) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=resume)
-    summary = {
+    return finish_training(trainer, cfg, tokenizer, out_dir, _train_summary(trainer, result, examples, cfg, stage, resume))
+
+
+def finish_training(trainer, cfg: TrainConfig, tokenizer, out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Save the final model in ``out_dir/model`` and the run's log in ``out_dir/train_log.json``; return ``summary``.
+    Run times go to MLflow (the stage's live run), not into the DVC-hashed log."""
+    from derta.io import write_json
+
+    save_final_model(trainer, cfg, tokenizer, out_dir / "model")
+    hashed, timings = live.split_timings(summary)
+    live.log_metrics(timings)
+    if trainer.is_world_process_zero():
+        write_json(out_dir / "train_log.json", hashed)
+    return summary
+
+
+def _loss_impl(cfg: TrainConfig, stage: int) -> str:
+    """The configured loss path, except under ZeRO-3: it partitions lm_head.weight (a 0-size
+    placeholder outside the module's forward), so the chunked loss cannot read it."""
+    if cfg.loss_impl == "chunked" and stage == 3:
+        import logging
+
+        logging.getLogger(__name__).warning("train: loss_impl 'chunked' is not supported under ZeRO-3; using 'logits'")
+        return "logits"
+    return cfg.loss_impl
+
+
+def _train_summary(trainer, result, examples: list[dict[str, Any]], cfg: TrainConfig, stage: int,
+                   resume: str | None) -> dict[str, Any]:
+    args = trainer.args
+    return {
         "log_history": trainer.state.log_history,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "train_loss": result.metrics.get("train_loss"),
         "global_step": trainer.state.global_step,
         "n_examples": len(examples),
         "train_tokens": int(sum(len(e["input_ids"]) for e in examples) * cfg.epochs),
-        "world_size": trainer.args.world_size,
-        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
-        "effective_batch": trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size,
+        "world_size": args.world_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "effective_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         "deepspeed_zero_stage": stage,
         "deepspeed_enabled": bool(trainer.is_deepspeed_enabled),
         "resumed_from": resume,
     }
-    save_final_model(trainer, cfg, tokenizer, out_dir / "model")
-    # Run times go to MLflow (the stage's live run), not into the DVC-hashed log.
-    hashed, timings = live.split_timings(summary)
-    live.log_metrics(timings)
-    if trainer.is_world_process_zero():
-        write_json(out_dir / "train_log.json", hashed)
-    return summary
 
 
 def save_final_model(trainer, cfg: TrainConfig, tokenizer, path: str | Path) -> None:

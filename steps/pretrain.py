@@ -11,7 +11,7 @@ same path change this output and DVC re-runs everything downstream.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -27,7 +27,12 @@ from steps._common import entry, parser
 class PretrainConfig(StepConfig):
     """Pretraining of the tiny base model."""
 
-    block_size: int = Field(128, description="Tokens per packed training block.")
+    block_size: int = Field(128, ge=1, description="Tokens per packed training block (at most the model's max_position_embeddings).")
+    packing: Literal["concat", "whole"] = Field(
+        "concat", description="'concat': the web text cut every block_size tokens, a document may straddle two "
+                              "blocks; 'whole': a document that fits in a block is never cut (the mini-world's code and "
+                              "cipher pages are longer than 128 tokens: with concat their question and answer are never "
+                              "learned in one context)")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for pretraining.")
 
 
@@ -84,9 +89,12 @@ def run(cfg: PretrainConfig, model_cfg: ModelConfig, src_dir: str | Path, tokeni
         write_json(out_dir / "source.json", manifest)
         write_json(out_dir / "train_log.json", {"base_model": model_cfg.path, "pretrained": False})
         return {"base_model": model_cfg.path, "source": manifest}
+    if cfg.block_size > model_cfg.max_position_embeddings:
+        raise ConfigError(f"params.yaml: pretrain.block_size {cfg.block_size} is longer than the model's "
+                          f"max_position_embeddings {model_cfg.max_position_embeddings}")
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     docs = [r["text"] for r in read_jsonl(Path(src_dir) / "web.jsonl", {"text": str}, non_empty=["text"])]
-    examples = pack_documents(docs, tok, cfg.block_size)
+    examples = pack_documents(docs, tok, cfg.block_size, whole=cfg.packing == "whole")
     model = build_model(model_cfg, tok, seed=tcfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
     summary = train(tcfg, model, tok, examples, out_dir)

@@ -175,14 +175,18 @@ LAGGING: dict[str, str] = {
                          "code pages' encoding (code_encoding; both off here), and the source stage now depends on the "
                          "attack renderers the world writes with: the world's records are unchanged but its manifest "
                          "lists the new settings, so every stage re-runs (about 2 h on 2 cores); the committed reports "
-                         "were made before it",
+                         "were made before it (and before pretrain.packing, concat by default, and the short-function "
+                         "splits of derta/loss.py, derta/train.py, derta/dpo.py and the guideline judge, which change no output)",
     "smollm2-135m": "code its stages read changed after its run without changing what they compute: derta/miniworld.py "
                     "gained the role-play grammar and code_encoding (a release source never reads them), "
                     "derta/validate.py was split into short functions (the root's validation reports byte-identical), "
                     "CodeAttack gained the list and string encodings (its stack prompts are byte-identical), PAIR the "
                     "judge: guideline option (off) and the "
                     "evaluation writes helpfulness_by_kind (empty for the release's benchmarks), and the source stage "
-                    "now depends on derta/attacks/codeattack.py and selfcipher.py (the mini-world's renderers); make "
+                    "now depends on derta/attacks/codeattack.py and selfcipher.py (the mini-world's renderers); "
+                    "derta/loss.py, derta/train.py, derta/dpo.py and the guideline judge were split into short functions (the judge's "
+                    "verdicts on judge-dev byte-identical), PAIR's modes typed as Literal, and pretraining gained "
+                    "pretrain.packing (concat by default, blocks unchanged; a real base model is not pretrained); make "
                     "real re-runs the pipeline (47 min on 2 cores)",
 }
 LOCKED = sorted(p.parent.name for p in (REPO / "runs").glob("*/dvc.lock"))

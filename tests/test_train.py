@@ -112,3 +112,44 @@ def test_tiny_run_deterministic_and_pinned(tiny, tmp_path):
         assert (out / "model" / "model.safetensors").is_file()
         assert (out / "model" / "tokenizer.json").is_file()
         assert (out / "train_log.json").is_file()
+
+
+class _WordTokenizer:
+    """One token per word (its length), EOS 0: enough to see where pack_documents cuts."""
+
+    eos_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[len(w) for w in t.split()] for t in texts]}
+
+
+def _pack(texts, block, whole):
+    from derta.train import pack_documents
+
+    return [b["input_ids"] for b in pack_documents(texts, _WordTokenizer(), block, whole=whole)]
+
+
+def test_concat_packing_cuts_documents_at_every_block():
+    # 4 + 1 EOS, 3 + 1, 2 + 1 = 12 tokens: three blocks of 4, the second document straddles two
+    assert _pack(["a bb ccc dddd", "a bb ccc", "a bb"], 4, whole=False) == [[1, 2, 3, 4], [0, 1, 2, 3], [0, 1, 2, 0]]
+
+
+def test_whole_packing_never_cuts_a_document_that_fits_a_block():
+    blocks = _pack(["a bb ccc", "a bb ccc", "a", "a bb"], 6, whole=True)
+    assert blocks == [[1, 2, 3, 0], [1, 2, 3, 0, 1, 0], [1, 2, 0]]
+    assert all(len(b) <= 6 for b in blocks)
+
+
+def test_whole_packing_cuts_a_longer_document_into_whole_blocks_and_keeps_every_token():
+    texts = ["a", "a bb ccc dddd eeeee ffffff ggggggg"]  # 2 tokens, then 8: longer than a block of 3
+    blocks = _pack(texts, 3, whole=True)
+    assert blocks == [[1, 0], [1, 2, 3], [4, 5, 6], [7, 0]]
+    assert sum(map(len, blocks)) == 10
+
+
+def test_pretraining_blocks_longer_than_the_model_positions_are_an_error(tmp_path):
+    from derta.modeling import ModelConfig
+    from steps.pretrain import PretrainConfig, run
+
+    with pytest.raises(ConfigError, match="pretrain.block_size 1024 is longer than the model's max_position_embeddings 512"):
+        run(PretrainConfig(block_size=1024), ModelConfig(), tmp_path, tmp_path, tmp_path / "out")

@@ -47,9 +47,9 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from derta.attacks.base import Attack, AttackPrompt, Question, Target, refuses_early, register
 from derta.attacks.completingattack import question_to_task
@@ -81,9 +81,10 @@ class PairConfig(StepConfig):
     n_questions: int | None = Field(None, ge=1, description="attack only the first N questions (paper: 50)")
     success_score: int = Field(10, ge=1, le=10, description="judge score that counts as jailbroken and stops a question")
     target_max_new_tokens: int = Field(150, ge=1, description="target response length during the search")
-    attacker: str = Field("rules", description="'rules' (offline mutations) or 'llm' (attacker_url/attacker_model)")
-    judge: str = Field("rules", description="'rules' (scorer callable), 'guideline' (the evaluation's offline judge: "
-                                            "steps about another task do not stop the search) or 'llm' (judge_url/judge_model)")
+    attacker: Literal["rules", "llm"] = Field("rules", description="'rules' (offline mutations) or 'llm' (attacker_url/attacker_model)")
+    judge: Literal["rules", "guideline", "llm"] = Field(
+        "rules", description="'rules' (scorer callable), 'guideline' (the evaluation's offline judge: steps about "
+                             "another task do not stop the search) or 'llm' (judge_url/judge_model)")
     attacker_url: str = Field("", description="OpenAI-compatible base URL of the attacker LLM")
     attacker_model: str = Field("", description="attacker model name")
     judge_url: str = Field("", description="OpenAI-compatible base URL of the judge LLM")
@@ -98,20 +99,6 @@ class PairConfig(StepConfig):
     llm_max_retries: int = Field(4, ge=0, description="HTTP retries (429/5xx) for attacker/judge calls")
     llm_max_concurrency: int = Field(4, ge=1, description="attacker/judge requests in flight at once")
     max_prompt_chars: int = Field(4000, ge=100, description="rules attacker restarts from the question beyond this")
-
-    @field_validator("attacker")
-    @classmethod
-    def _mode(cls, v: str) -> str:
-        if v not in ("rules", "llm"):
-            raise ValueError("must be 'rules' or 'llm'")
-        return v
-
-    @field_validator("judge")
-    @classmethod
-    def _judge_mode(cls, v: str) -> str:
-        if v not in ("rules", "guideline", "llm"):
-            raise ValueError("must be 'rules', 'guideline' or 'llm'")
-        return v
 
     @model_validator(mode="after")
     def _endpoints(self) -> PairConfig:
