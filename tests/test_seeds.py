@@ -237,6 +237,7 @@ def test_the_committed_seed_folders_are_all_found():
     assert REPO / "reports" / "miniworld-formats-dev" / "roleplay-t100" in COMMITTED_SEEDS
     assert REPO / "reports" / "miniworld-formats-dev" / "code-string-t100" in COMMITTED_SEEDS
     assert REPO / "reports" / "miniworld-formats-dev" / "roleplay-t100-search" in COMMITTED_SEEDS
+    assert REPO / "reports" / "miniworld-formats-dev" / "roleplay-t100-whole512" in COMMITTED_SEEDS
 
 
 @pytest.mark.parametrize("folder", COMMITTED_SEEDS, ids=lambda p: str(p.relative_to(REPO)))
