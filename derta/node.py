@@ -235,6 +235,31 @@ def enter_checkout() -> dict[str, str]:
     return {"directory": path}
 
 
+def _live_dvc(info: dict[str, Any]) -> bool:
+    """Whether an rwlock entry's pid is a running dvc process."""
+    import psutil
+
+    try:
+        return any("dvc" in part for part in psutil.Process(int(info["pid"])).cmdline())
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return False
+
+
+def _drop_dead_entries(lock: dict[str, Any]) -> list[str]:
+    """Remove, in place, the rwlock entries (one or a list per output) whose pid is no running dvc; say which."""
+    removed: list[str] = []
+    for mode in ("read", "write"):
+        for out, infos in list((lock.get(mode) or {}).items()):
+            many = isinstance(infos, list)
+            keep = [i for i in (infos if many else [infos]) if _live_dvc(i)]
+            removed += [f"{mode} {out} (pid {i.get('pid')}: {i.get('cmd')})" for i in (infos if many else [infos]) if i not in keep]
+            if not keep:
+                del lock[mode][out]
+            else:
+                lock[mode][out] = keep if many else keep[0]
+    return removed
+
+
 def clear_stale_locks(workdir: Path) -> list[str]:
     """Remove what a killed ``dvc repro`` left in ``.dvc/tmp``; return what was removed.
 
@@ -246,7 +271,6 @@ def clear_stale_locks(workdir: Path) -> list[str]:
     "RWLock-file ... corrupted"). Touches nothing while the repo lock is held,
     i.e. while a dvc command runs in this workspace.
     """
-    import psutil
     import zc.lockfile
 
     tmp = workdir / ".dvc" / "tmp"
@@ -264,22 +288,7 @@ def clear_stale_locks(workdir: Path) -> list[str]:
             path.unlink()
             return [f"{path} (corrupted)"]
 
-        def live_dvc(info: dict[str, Any]) -> bool:
-            try:
-                return any("dvc" in part for part in psutil.Process(int(info["pid"])).cmdline())
-            except (psutil.Error, KeyError, TypeError, ValueError):
-                return False
-
-        removed: list[str] = []
-        for mode in ("read", "write"):
-            for out, infos in list((lock.get(mode) or {}).items()):
-                many = isinstance(infos, list)
-                keep = [i for i in (infos if many else [infos]) if live_dvc(i)]
-                removed += [f"{mode} {out} (pid {i.get('pid')}: {i.get('cmd')})" for i in (infos if many else [infos]) if i not in keep]
-                if not keep:
-                    del lock[mode][out]
-                else:
-                    lock[mode][out] = keep if many else keep[0]
+        removed = _drop_dead_entries(lock)
         if removed:
             write_text(path, json.dumps(lock))
         return removed
