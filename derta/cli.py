@@ -188,6 +188,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    """``derta evaluate``: any checkpoint through the attacks, the judge and helpfulness."""
+    p = sub.add_parser("evaluate", help="run the attacks, judge and helpfulness on any checkpoint (one JSON line)")
+    p.add_argument("--model", required=True, help="models/<variant> (holding model/), a Hugging Face model dir, or "
+                                                  "models:/NAME@ALIAS | models:/NAME/VERSION (MLFLOW_TRACKING_URI)")
+    p.add_argument("--source", required=True, help="data dir with <split>_harmful.jsonl and <split>_helpful.jsonl")
+    p.add_argument("--out", required=True, help="output dir: responses, verdicts, helpfulness, metrics.json")
+    p.add_argument("--params", default=None, help="params file (its eval section); default ./params.yaml if present, "
+                                                  "else the eval defaults (`derta config` lists them)")
+    p.add_argument("--profile", default=None, help="params profile (default: the params file's profile)")
+    p.add_argument("--split", choices=["eval", "dev"], default=None, help="held-out split (default: params eval.split)")
+    p.add_argument("--max-questions", type=int, default=None, help="only the first N harmful questions")
+    p.set_defaults(func=cmd_evaluate)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``derta`` parser. Only the delegated subcommand named by ``command`` gets its real flags."""
     parser = argparse.ArgumentParser(
@@ -215,17 +230,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     p.set_defaults(func=cmd_world)
 
-    p = sub.add_parser("evaluate", help="run the attacks, judge and helpfulness on any checkpoint (one JSON line)")
-    p.add_argument("--model", required=True, help="models/<variant> (holding model/), a Hugging Face model dir, or "
-                                                  "models:/NAME@ALIAS | models:/NAME/VERSION (MLFLOW_TRACKING_URI)")
-    p.add_argument("--source", required=True, help="data dir with <split>_harmful.jsonl and <split>_helpful.jsonl")
-    p.add_argument("--out", required=True, help="output dir: responses, verdicts, helpfulness, metrics.json")
-    p.add_argument("--params", default=None, help="params file (its eval section); default ./params.yaml if present, "
-                                                  "else the eval defaults (`derta config` lists them)")
-    p.add_argument("--profile", default=None, help="params profile (default: the params file's profile)")
-    p.add_argument("--split", choices=["eval", "dev"], default=None, help="held-out split (default: params eval.split)")
-    p.add_argument("--max-questions", type=int, default=None, help="only the first N harmful questions")
-    p.set_defaults(func=cmd_evaluate)
+    _add_evaluate(sub)
 
     p = sub.add_parser("score", help="helpfulness accuracy of a responses file on gsm8k, mmlu or miniworld (one JSON line)")
     p.add_argument("--bench", required=True, help="benchmark whose scorer to use: gsm8k | mmlu | miniworld")
