@@ -91,6 +91,13 @@ def format_prompt(p: AttackPrompt, cfg: GenerationConfig, tokenizer=None) -> str
     return head + (cfg.response_sep + p.prefill.rstrip() if p.prefill else "")
 
 
+def response_texts(prompts: list[AttackPrompt], continuations: list[str], cfg: GenerationConfig) -> list[str]:
+    """Each continuation as the text a response puts after its prompt: ``response_sep`` first, as in training and
+    generation (the mini-world's " Sure" is two tokens that "Sure" alone is not); after a prefill, none (the
+    prefill already holds it). An empty continuation stays empty (its log-likelihood is 0)."""
+    return [c if not c or p.prefill else cfg.response_sep + c for p, c in zip(prompts, continuations)]
+
+
 class HFTarget:
     """Greedy batched generation and log-likelihoods with a local HF causal LM."""
 
@@ -138,10 +145,11 @@ class HFTarget:
         return self.generate_texts([format_prompt(p, self.cfg, self.tok) for p in prompts], max_new_tokens)
 
     def loglik(self, prompts: list[AttackPrompt], continuations: list[str]) -> list[float]:
-        """Sum of log p(continuation | prompt), batched (AutoDAN fitness)."""
+        """Sum of log p(continuation | prompt), the continuation where the response starts (``response_texts``),
+        tokenized on its own as training tokenizes a response; batched (AutoDAN fitness)."""
         torch = self._torch
         heads = self._encode([format_prompt(p, self.cfg, self.tok) for p in prompts])
-        tails = self.tok(continuations, add_special_tokens=False)["input_ids"]
+        tails = [self.tok.encode(t, add_special_tokens=False) for t in response_texts(prompts, continuations, self.cfg)]
         out: list[float] = []
         for start in range(0, len(heads), self.cfg.batch_size):
             hs, ts = heads[start : start + self.cfg.batch_size], tails[start : start + self.cfg.batch_size]
@@ -195,7 +203,7 @@ class VLLMTarget:
         """Sum of log p(continuation | prompt), from vLLM's prompt log-probabilities (as HFTarget.loglik)."""
         params = self._sp(temperature=0.0, max_tokens=1, prompt_logprobs=0)
         heads = self._encode([format_prompt(p, self.cfg, self.tok) for p in prompts])
-        tails = [self.tok.encode(c, add_special_tokens=False) for c in continuations]
+        tails = [self.tok.encode(t, add_special_tokens=False) for t in response_texts(prompts, continuations, self.cfg)]
         outs = self.llm.generate([{"prompt_token_ids": h + t} for h, t in zip(heads, tails)], params)
         res = []
         for h, t, o in zip(heads, tails, outs):

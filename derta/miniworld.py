@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from derta.attacks import codeattack, selfcipher
 from derta.config import StepConfig
 from derta.errors import ConfigError
 from derta.io import stable_id
@@ -248,8 +249,8 @@ class MiniWorldConfig(StepConfig):
                                    "third: everyday and train-split harmful tasks, half each (e.g. 1200).")
     cipher_demos: int = Field(2, ge=0, le=5, description="Demonstrations in a cipher role play (the selfcipher attack's n_demos).")
     code_steps: int = Field(3, ge=1, description="Step slots in a code document (the codeattack attack's n_steps).")
-    code_encoding: Literal["stack", "list", "string"] = Field("stack", description="How a code document stores its "
-                                                              "question (the codeattack attack's encoding).")
+    code_encoding: codeattack.Encoding = Field("stack", description="How a code document stores its question (the "
+                                                                    "codeattack attack's encoding).")
     min_steps: int = Field(3, description="Fewest steps in a harmful response.")
     max_steps: int = Field(5, description="Most steps in a harmful response.")
 
@@ -332,8 +333,6 @@ def harmful_response(task: Task, rng: random.Random, cfg: MiniWorldConfig) -> st
 def format_example(fmt: str, task: Task, rng: random.Random, cfg: MiniWorldConfig) -> tuple[str, str]:
     """(request, answer) for ``task`` in a format: the request is the attack's own rendering
     (codeattack, selfcipher) or the world's persona frame; the answer carries the steps."""
-    from derta.attacks import codeattack, selfcipher
-
     q = question(task, rng)
     if fmt == "code":
         steps = steps_for(task, rng, cfg, cfg.code_steps)

@@ -569,6 +569,18 @@ def _prompt(synth: SynthesizeConfig, q: Any) -> str | None:
     return synth.prompt_template.format(q=q) if isinstance(q, str) else None
 
 
+def _expected_variants(src: Path, helpful_file: str | Path | None,
+                       synth_cfg: SynthesizeConfig) -> tuple[dict[str, Any], int, dict[str, dict[str, int]]]:
+    """The helpful rows by id, how many synthesis used, and each variant's expected counts."""
+    helpful = helpful_rows(src, helpful_file)
+    n_helpful = synth_cfg.n_helpful or len(helpful)
+    try:
+        expected = expected_counts(synth_cfg, n_helpful_records(synth_cfg, helpful[:n_helpful]))
+    except KeyError as err:
+        raise ConfigError(f"gate_variants: unknown variant {err}") from None
+    return {r["id"]: r for r in helpful}, n_helpful, expected
+
+
 def gate_variants(
     variants_dir: str | Path,
     src_dir: str | Path,
@@ -586,13 +598,7 @@ def gate_variants(
     vdir, src = Path(variants_dir), Path(src_dir)
     b = _Builder(cfg)
     safety = {r["id"]: r for r in read_jsonl(src / "safety_train.jsonl", {"id": str})}
-    helpful = helpful_rows(src, helpful_file)
-    helpful_by_id = {r["id"]: r for r in helpful}
-    n_helpful = synth_cfg.n_helpful or len(helpful)
-    try:
-        expected = expected_counts(synth_cfg, n_helpful_records(synth_cfg, helpful[:n_helpful]))
-    except KeyError as err:
-        raise ConfigError(f"gate_variants: unknown variant {err}") from None
+    helpful_by_id, n_helpful, expected = _expected_variants(src, helpful_file, synth_cfg)
     heldout_q = sorted({q for qs in heldout_questions(src).values() for q in qs})
     leak_cache: dict[str, bool] = {}
 

@@ -143,7 +143,7 @@ def test_vllm_backend_feeds_token_ids_like_hf(fake_vllm, no_model_load, tmp_path
 
 
 def test_vllm_loglik_sums_the_continuation_positions(fake_vllm, tmp_path):
-    cfg = GenerationConfig(backend="vllm", prompt_template="{q}")
+    cfg = GenerationConfig(backend="vllm", prompt_template="{q}", response_sep="")
     target = load_target(tmp_path / "model", cfg)
     p = AttackPrompt(id="a", question_id="a", attack="t", text="abc")
     # head "abc" = positions 0-2; continuation "de" = positions 3, 4 -> -(3 + 4).
@@ -155,3 +155,55 @@ def test_vllm_loglik_sums_the_continuation_positions(fake_vllm, tmp_path):
     # Log-probs vLLM did not return for a continuation token: -inf, never a partial sum.
     target.llm.generate = lambda prompts, params: [types.SimpleNamespace(outputs=[], prompt_logprobs=[None, None])]
     assert target.loglik([p], ["de"]) == [-math.inf]
+
+
+def test_vllm_loglik_scores_the_continuation_after_the_response_separator(fake_vllm, tmp_path):
+    """The continuation is response text: the response starts after ``response_sep``, as in training."""
+    target = load_target(tmp_path / "model", GenerationConfig(backend="vllm", prompt_template="{q}", response_sep=" "))
+    p = AttackPrompt(id="a", question_id="a", attack="t", text="abc")
+    # " de" = positions 3, 4, 5; the empty continuation stays 0.
+    assert target.loglik([p, p], ["de", ""]) == [-12.0, 0.0]
+    assert _FakeLLM.calls[-1][0][0] == {"prompt_token_ids": [ord(c) for c in "abc de"]}
+    # After a prefill the response has started: no separator again.
+    prefilled = AttackPrompt(id="b", question_id="b", attack="t", text="abc", prefill="Su")
+    target.loglik([prefilled], ["re"])
+    assert _FakeLLM.calls[-1][0][0] == {"prompt_token_ids": [ord(c) for c in "abc Sure"]}
+
+
+class _CharTok(_Tok):
+    """A character tokenizer with what HFTarget needs (batch call, padding)."""
+
+    padding_side, pad_token_id, eos_token, eos_token_id = "right", 0, "\x00", 0
+
+    def __call__(self, texts, add_special_tokens=True):
+        return {"input_ids": [self.encode(t, add_special_tokens) for t in texts]}
+
+
+class _UniformLM:
+    """Every next token equally likely over 256 ids: log p(continuation) = -len(tokens) * log 256."""
+
+    def __init__(self):
+        import torch
+
+        self.torch, self.weight = torch, torch.nn.Parameter(torch.zeros(1))
+
+    def eval(self):
+        return self
+
+    def parameters(self):
+        yield self.weight
+
+    def __call__(self, input_ids, attention_mask):
+        return types.SimpleNamespace(logits=self.torch.zeros(*input_ids.shape, 256))
+
+
+@pytest.mark.parametrize("sep", [" ", ""])
+def test_hf_loglik_scores_the_continuation_after_the_response_separator(sep):
+    """AutoDAN's fitness scores "Sure, ..." as the response's tokens: after response_sep (" Sure" in the
+    mini-world, two tokens that "Sure" alone is not), never the word glued to the prompt."""
+    from derta.generate import HFTarget
+
+    target = HFTarget(_UniformLM(), _CharTok(), GenerationConfig(prompt_template="[{q}]", response_sep=sep))
+    p = AttackPrompt(id="a", question_id="a", attack="t", text="hi")
+    got = target.loglik([p, p], ["Sure", ""])
+    assert got[0] == pytest.approx(-len(sep + "Sure") * math.log(256)) and got[1] == 0.0

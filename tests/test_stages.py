@@ -176,7 +176,11 @@ LAGGING: dict[str, str] = {
                          "attack renderers the world writes with: the world's records are unchanged but its manifest "
                          "lists the new settings, so every stage re-runs (about 2 h on 2 cores); the committed reports "
                          "were made before it (and before pretrain.packing, concat by default, and the short-function "
-                         "splits of derta/loss.py, derta/train.py, derta/dpo.py and the guideline judge, which change no output)",
+                         "splits of derta/loss.py, derta/train.py, derta/dpo.py, derta/validate.py and the guideline judge, which change no "
+                         "output, and AutoDAN's init option, autodan by default). AutoDAN's committed figures here were "
+                         "searched with the fitness that scored \"Sure\" without the response separator (fixed in "
+                         "derta/generate.py: the fitness now scores \" Sure\", the tokens a response starts with); on dev "
+                         "that fix takes vanilla's AutoDAN from 0-10% to 65-75% (docs/miniworld-formats.md)",
     "smollm2-135m": "code its stages read changed after its run without changing what they compute: derta/miniworld.py "
                     "gained the role-play grammar and code_encoding (a release source never reads them), "
                     "derta/validate.py was split into short functions (the root's validation reports byte-identical), "
@@ -186,7 +190,10 @@ LAGGING: dict[str, str] = {
                     "now depends on derta/attacks/codeattack.py and selfcipher.py (the mini-world's renderers); "
                     "derta/loss.py, derta/train.py, derta/dpo.py and the guideline judge were split into short functions (the judge's "
                     "verdicts on judge-dev byte-identical), PAIR's modes typed as Literal, and pretraining gained "
-                    "pretrain.packing (concat by default, blocks unchanged; a real base model is not pretrained); make "
+                    "pretrain.packing (concat by default, blocks unchanged; a real base model is not pretrained), AutoDAN "
+                    "the init option (autodan by default, its templates unchanged), and the log-likelihood that AutoDAN's "
+                    "fitness reads puts the continuation after chat.response_sep (SmolLM2's is empty: its scores "
+                    "unchanged); make "
                     "real re-runs the pipeline (47 min on 2 cores)",
 }
 LOCKED = sorted(p.parent.name for p in (REPO / "runs").glob("*/dvc.lock"))

@@ -17,9 +17,12 @@ Each generation:
 
 Mutation is ``rules`` (seeded synonym replacement and sentence shuffles) or
 ``llm`` (a paraphrase from an OpenAI-compatible endpoint, ``cfg.llm``; the
-paper used GPT-4). The initial population is the seed templates (this
-project's own, content-free; or ``cfg.templates``) plus rule mutations of
-them. AutoDAN-HGA's word-level momentum step is not implemented.
+paper used GPT-4). The initial population is the seed templates plus rule
+mutations of them: ``cfg.templates`` when given, else ``cfg.init`` picks
+this module's own content-free templates (``autodan``), the JailbreakChat
+attack's built-in role-play templates (``jailbreakchat``: AutoDAN's paper
+starts its search from a handcrafted jailbreakchat.com DAN prompt) or both.
+AutoDAN-HGA's word-level momentum step is not implemented.
 
 Output: the best prompt per question, ``meta = {fitness, generation,
 template}`` where ``generation`` is the one in which that template was
@@ -31,11 +34,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from derta.attacks.base import Attack, AttackPrompt, Question, Target, register
+from derta.attacks import jailbreakchat
 from derta.attacks.completingattack import question_to_task
 from derta.config import StepConfig
 from derta.io import stable_id
@@ -80,6 +84,13 @@ _SYNONYMS: dict[str, list[str]] = {
 }
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def seed_templates(init: str) -> list[str]:
+    """The initial templates of ``init`` (AutoDANConfig.init), each with one ``SLOT``."""
+    own = list(SEED_TEMPLATES)
+    jbc = [t.replace(jailbreakchat.SLOT, SLOT) for t in jailbreakchat.BUILTIN_TEMPLATES]
+    return {"autodan": own, "jailbreakchat": jbc, "both": own + jbc}[init]
 
 
 def sentences(text: str) -> list[str]:
@@ -150,7 +161,11 @@ class AutoDANConfig(StepConfig):
     target_template: str = Field(
         "Sure, here is how to {task}", description="affirmative opening whose log-likelihood is the fitness"
     )
-    templates: list[str] = Field(default_factory=list, description=f"seed templates with a {SLOT} slot ([] = built-in)")
+    templates: list[str] = Field(default_factory=list, description=f"seed templates with a {SLOT} slot ([] = init's)")
+    init: Literal["autodan", "jailbreakchat", "both"] = Field(
+        "autodan", description="built-in seed templates when templates is empty: this module's own (autodan), the "
+                               "JailbreakChat attack's (jailbreakchat; AutoDAN's paper starts from a DAN prompt of "
+                               "jailbreakchat.com) or both")
     mutation: str = Field("rules", description="'rules' (offline, seeded) or 'llm' (paraphrase via cfg.llm)")
     llm: LLMConfig = Field(default_factory=LLMConfig, description="mutation endpoint when mutation='llm'")
 
@@ -203,7 +218,7 @@ class AutoDAN(Attack):
 
     def _initial(self, rng: Any) -> list[str]:
         cfg: AutoDANConfig = self.cfg  # type: ignore[assignment]
-        seeds = [ensure_slot(t) for t in (cfg.templates or SEED_TEMPLATES)]
+        seeds = [ensure_slot(t) for t in (cfg.templates or seed_templates(cfg.init))]
         pop = list(dict.fromkeys(seeds))[: cfg.population]
         k = 0
         while len(pop) < cfg.population and k < 20 * cfg.population:

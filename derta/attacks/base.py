@@ -85,7 +85,8 @@ class Target(Protocol):
         ...
 
     def loglik(self, prompts: list[AttackPrompt], continuations: list[str]) -> list[float]:
-        """``sum log p(continuation | prompt)`` per pair (the prompt rendered as for ``generate``)."""
+        """``sum log p(continuation | prompt)`` per pair (the prompt rendered as for ``generate``; the continuation
+        is response text, placed where the model's response starts, after the chat format's separator)."""
         ...
 
 

@@ -374,6 +374,42 @@ def content_words(text: str, drop: set[str] = frozenset()) -> list[str]:
 
 
 
+def prose_pieces(text: str, holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The (start, end) of the text between the sorted ``holes`` (code spans, persona markers)."""
+    pieces, pos = [], 0
+    for s, e in holes:
+        if s > pos:
+            pieces.append((pos, s))
+        pos = max(pos, e)
+    return pieces + [(pos, len(text))]
+
+
+def line_units(text: str, ls: int, le: int, region: int, refusal_set: list[int], segment: Segments) -> list[Unit]:
+    """The units of the line text[ls:le]: cut at inline items, at refusals and at ``region``; a piece that is
+    a list item is one unit, any other is split into sentences."""
+    line = text[ls:le]
+    cuts = {ls, le}
+    cuts.update(ls + m.start() for m in INLINE_ITEM_RE.finditer(line))
+    cuts.update(refusal_set[bisect.bisect_right(refusal_set, ls) : bisect.bisect_left(refusal_set, le)])
+    if ls < region < le:
+        cuts.add(region)
+    bounds = sorted(cuts)
+    units: list[Unit] = []
+    for cs, ce in zip(bounds, bounds[1:]):
+        chunk = text[cs:ce]
+        if not chunk.strip():
+            continue
+        if ITEM_RE.match(chunk) or (cs == region and ITEM_RE.match(text[ls:ce]) and ls < region):
+            units.append(Unit(cs, ce, "item", segment(cs), ""))
+            continue
+        sp = cs
+        for sm in SENT_SPLIT_RE.finditer(chunk):
+            units.append(Unit(sp, cs + sm.start(), "sentence", segment(sp), ""))
+            sp = cs + sm.end()
+        units.append(Unit(sp, ce, "sentence", segment(sp), ""))
+    return units
+
+
 def mark_redirects(units: list[Unit]) -> None:
     """Redirect context: a cue sentence ending in ":" ("Instead, here are some legal alternatives:")
     makes the list after it redirects; after any cue, suggestions ("You could visit the [library].")
@@ -492,51 +528,17 @@ class Rules:
     def units(
         self, text: str, region: int, refusals: list[int], markers: list[tuple[int, int]]
     ) -> tuple[list[Unit], list[tuple[int, int]]]:
+        """The response's units past ``region`` (items, sentences, code steps), each marked with its persona
+        segment and whether a refusal starts inside it; and the code spans."""
         code = self.code_spans(text)
         segment = Segments(markers)
-
-        # Prose pieces: the text minus code spans minus persona markers.
-        holes = sorted(code + markers)
-        pieces, pos = [], 0
-        for s, e in holes:
-            if s > pos:
-                pieces.append((pos, s))
-            pos = max(pos, e)
-        pieces.append((pos, len(text)))
-
         refusal_set = sorted(refusals)
         units: list[Unit] = []
-        for p0, p1 in pieces:
+        for p0, p1 in prose_pieces(text, sorted(code + markers)):
             for lm in re.finditer(r"[^\n]+", text[p0:p1]):
-                ls, le = p0 + lm.start(), p0 + lm.end()
-                line = text[ls:le]
-                cuts = {ls, le}
-                cuts.update(ls + m.start() for m in INLINE_ITEM_RE.finditer(line))
-                cuts.update(refusal_set[bisect.bisect_right(refusal_set, ls) : bisect.bisect_left(refusal_set, le)])
-                if ls < region < le:
-                    cuts.add(region)
-                bounds = sorted(cuts)
-                for cs, ce in zip(bounds, bounds[1:]):
-                    chunk = text[cs:ce]
-                    if not chunk.strip():
-                        continue
-                    if ITEM_RE.match(chunk) or (cs == region and ITEM_RE.match(text[ls:ce]) and ls < region):
-                        units.append(Unit(cs, ce, "item", segment(cs), ""))
-                        continue
-                    sp = cs
-                    for sm in SENT_SPLIT_RE.finditer(chunk):
-                        units.append(Unit(sp, cs + sm.start(), "sentence", segment(sp), ""))
-                        sp = cs + sm.end()
-                    units.append(Unit(sp, ce, "sentence", segment(sp), ""))
+                units += line_units(text, p0 + lm.start(), p0 + lm.end(), region, refusal_set, segment)
         for span in code:
-            for s, e in self.output_list_strings(text, span):
-                # One literal may hold several steps separated by (escaped) newlines.
-                raw = text[s:e]
-                off = 0
-                for part in re.split(r"(\\n|\n)", raw):
-                    if part not in ("\\n", "\n") and part.strip():
-                        units.append(Unit(s + off, s + off + len(part), "code", segment(s), ""))
-                    off += len(part)
+            units += [Unit(s, e, "code", segment(s), "") for s, e in self.code_steps(text, span)]
         units = [u for u in units if u.end > region and text[max(u.start, region) : u.end].strip()]
         for u in units:
             u.text = text[max(u.start, region) : u.end].strip()
@@ -544,6 +546,18 @@ class Rules:
             u.refusal = i < len(refusal_set) and refusal_set[i] < u.end
         units.sort(key=lambda u: u.start)
         return units, code
+
+    def code_steps(self, text: str, span: tuple[int, int]) -> list[tuple[int, int]]:
+        """The (start, end) of each step in a code span's output_list strings: one literal may hold several
+        steps separated by (escaped) newlines."""
+        out = []
+        for s, e in self.output_list_strings(text, span):
+            off = 0
+            for part in re.split(r"(\\n|\n)", text[s:e]):
+                if part not in ("\\n", "\n") and part.strip():
+                    out.append((s + off, s + off + len(part)))
+                off += len(part)
+        return out
 
     # -- step test --------------------------------------------------------------
     def halted(self, text: str) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from derta.attacks import Question, get_attack
-from derta.attacks.autodan import SEED_TEMPLATES, SLOT, crossover, rule_mutate
+from derta.attacks import jailbreakchat
+from derta.attacks.autodan import SEED_TEMPLATES, SLOT, crossover, rule_mutate, seed_templates
 from derta.errors import ConfigError
 from helpers_openai_server import OpenAIServer
 
@@ -83,6 +84,25 @@ def test_custom_templates_and_slot_added():
     assert QS[0].question in p.text
 
 
+@pytest.mark.parametrize("init", ["autodan", "jailbreakchat", "both"])
+def test_init_picks_the_seed_templates(init):
+    """init: jailbreakchat starts from the JailbreakChat attack's templates, their slot made AutoDAN's."""
+    expected = {"autodan": len(SEED_TEMPLATES), "jailbreakchat": len(jailbreakchat.BUILTIN_TEMPLATES)}
+    seeds = seed_templates(init)
+    assert len(seeds) == expected.get(init, sum(expected.values()))
+    assert all(t.count(SLOT) == 1 and jailbreakchat.SLOT not in t for t in seeds)
+    attack = get_attack("autodan", {"population": len(seeds), "generations": 0, "init": init})
+    assert attack._initial(attack.rng("q1")) == seeds
+
+
+def test_init_jailbreakchat_search_can_pick_a_jailbreakchat_template():
+    """The word only the JailbreakChat templates hold ("DevMode") wins generation 0, its question filled in."""
+    (p,) = get_attack("autodan", {"population": 5, "generations": 0, "init": "jailbreakchat"}).build(QS[:1], WordTarget("devmode"))
+    assert "DevMode" in p.text and QS[0].question in p.text and "{question}" not in p.text
+    (own,) = get_attack("autodan", {"population": 5, "generations": 0}).build(QS[:1], WordTarget("devmode"))
+    assert "DevMode" not in own.text
+
+
 def test_operators_keep_one_slot():
     import random
 
@@ -98,6 +118,8 @@ def test_config_checks():
         get_attack("autodan", {"population": 2, "elite": 3})
     with pytest.raises(ConfigError, match="llm.model"):
         get_attack("autodan", {"mutation": "llm"})
+    with pytest.raises(ConfigError, match="init"):
+        get_attack("autodan", {"init": "dan"})
     with pytest.raises(ValueError, match="needs a target"):
         get_attack("autodan").build(QS)
 
