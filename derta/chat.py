@@ -91,8 +91,8 @@ class ChatFormat:
 
     @property
     def refusal_text(self) -> str:
-        """What training and the tokenizer check call the refusal word: ``response_sep`` + the word."""
-        return self.response_sep + self.refusal_word
+        """What training and the tokenizer check call the refusal word: the word where a response starts."""
+        return response(self.response_sep, self.refusal_word)
 
     def refusal_token_id(self, tokenizer: Any) -> int:
         """The RTO target: the first response token of a safe response, which must be the whole refusal word."""
@@ -115,6 +115,21 @@ class ChatFormat:
 
     def generation_fields(self) -> dict[str, Any]:
         return {"prompt_template": self.template, "response_sep": self.response_sep}
+
+
+def response(sep: str, text: str) -> str:
+    """``text`` as a response puts it after its prompt: ``sep`` (``chat.response_sep``) first.
+
+    Every stage joins a prompt and a response here: training's targets, the refusal token's check, the
+    continuations AutoDAN's fitness scores."""
+    return sep + text
+
+
+def started_response(prompt: str, sep: str, words: str) -> str:
+    """``prompt`` followed by the first ``words`` of a response: a harmful prefix in training, a prefill in
+    evaluation, joined alike. The words lose their trailing space (the next token carries it); no words, no sep."""
+    words = words.rstrip()
+    return prompt + (response(sep, words) if words else "")
 
 
 def _bos(bos: str, tokenizer: Any) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from derta.attacks.base import AttackPrompt
+from derta.chat import response, started_response
 from derta.config import StepConfig
 from derta.errors import ConfigError
 
@@ -86,16 +87,15 @@ def format_prompt(p: AttackPrompt, cfg: GenerationConfig, tokenizer=None) -> str
     """The exact text given to the model for one attack prompt."""
     if not p.chat:
         return p.text
-    head = cfg.prompt_template.format(q=p.text)
     # A prefill is a started response: joined exactly as a harmful prefix in training.
-    return head + (cfg.response_sep + p.prefill.rstrip() if p.prefill else "")
+    return started_response(cfg.prompt_template.format(q=p.text), cfg.response_sep, p.prefill)
 
 
 def response_texts(prompts: list[AttackPrompt], continuations: list[str], cfg: GenerationConfig) -> list[str]:
     """Each continuation as the text a response puts after its prompt: ``response_sep`` first, as in training and
     generation (the mini-world's " Sure" is two tokens that "Sure" alone is not); after a prefill, none (the
     prefill already holds it). An empty continuation stays empty (its log-likelihood is 0)."""
-    return [c if not c or p.prefill else cfg.response_sep + c for p, c in zip(prompts, continuations)]
+    return [c if not c or p.prefill else response(cfg.response_sep, c) for p, c in zip(prompts, continuations)]
 
 
 class HFTarget:

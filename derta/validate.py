@@ -38,6 +38,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import Field
 
+from derta.chat import response, started_response
 from derta.config import StepConfig
 from derta.errors import ConfigError, DataError
 from derta.io import read_jsonl, write_json
@@ -730,13 +731,13 @@ def _variant_columns(df: pd.DataFrame, synth: SynthesizeConfig, safety: dict[str
         prompt_ok.append(bool(prompt) and isinstance(prefix, str) and prefix.startswith(prompt))
         field_ = {"helpful": "output", "safe": "safe_response", "harmful_prefix": "safe_response", "rto": "output"}.get(kind)
         want = src.get(field_) if src and field_ else None
-        text_ok.append(isinstance(want, str) and text == sep + want + eos)
+        text_ok.append(isinstance(want, str) and text == response(sep, want) + eos)
         is_int = isinstance(k, int) and not isinstance(k, bool)
         if kind == "harmful_prefix" and src and isinstance(src.get("output"), str):
             units = word_units(src["output"])
             hi = len(units) if synth.prefix_rule == "paper" else max(len(units) - 2, 0)
             k_ok.append(is_int and 0 <= k <= hi)
-            want_prefix = prompt + (sep + "".join(units[:k]).rstrip() if is_int and k > 0 else "") if prompt else None
+            want_prefix = started_response(prompt, sep, "".join(units[:k]) if is_int and k > 0 else "") if prompt else None
             prefix_k_ok.append(is_int and prefix == want_prefix)
         else:
             k_ok.append(False)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from derta.chat import response, started_response
 from derta.config import StepConfig
 from derta.errors import ConfigError, DataError
 from derta.io import read_jsonl, stable_id
@@ -111,7 +112,7 @@ class Builder:
         return self.cfg.prompt_template.format(q=q)
 
     def record(self, kind: str, src_id: str, prefix: str, text: str, rto: bool, k: int = 0, tag: str = "") -> dict[str, Any]:
-        text = self.cfg.response_sep + text + self.cfg.eos
+        text = response(self.cfg.response_sep, text) + self.cfg.eos
         return {
             "id": stable_id(kind, src_id, tag, prefix, text),
             "kind": kind,
@@ -143,7 +144,7 @@ class Builder:
         k = prefix_length(len(units), index, rng, self.cfg.prefix_rule)
         # The harmful prefix follows the template exactly as a response would.
         # As in the release: the prefix ends at a word, the safe response keeps its separator.
-        prefix = self.prompt(row["instruction"]) + (self.cfg.response_sep + "".join(units[:k]).rstrip() if k else "")
+        prefix = started_response(self.prompt(row["instruction"]), self.cfg.response_sep, "".join(units[:k]))
         return self.record("harmful_prefix", row["id"], prefix, row["safe_response"], False, k=k, tag=tag)
 
 
@@ -187,7 +188,7 @@ def synthesize(
         {
             "id": stable_id("dpo", r["id"]),
             "source_id": r["id"],
-            "prompt": b.prompt(r["instruction"]) + cfg.response_sep,
+            "prompt": b.prompt(r["instruction"]) + cfg.response_sep,  # prompt + chosen = the prompt + response(chosen)
             "chosen": r["safe_response"] + cfg.eos,
             "rejected": r["output"] + cfg.eos,
         }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from derta.chat import ChatConfig, ChatFormat, chat_config, inject
+from derta.chat import ChatConfig, ChatFormat, chat_config, inject, response
 from derta.config import load_params, resolve
 from derta.io import atomic_path, read_jsonl
 from derta.modeling import TokenizerConfig, refusal_token_id, train_tokenizer
@@ -34,7 +34,7 @@ def run(cfg: TokenizerConfig, src_dir: str | Path, out_dir: str | Path, chat: Ch
     hold it as one token.
     """
     chat = chat or ChatConfig()
-    cfg = cfg.model_copy(update={"refusal_word": chat.response_sep + chat.refusal_word})
+    cfg = cfg.model_copy(update={"refusal_word": response(chat.response_sep, chat.refusal_word)})
     with atomic_path(out_dir) as tmp:
         if cfg.path:  # a real model's tokenizer: copy it, fail before any GPU time if the refusal word is not one token
             from transformers import AutoTokenizer
@@ -58,7 +58,7 @@ def main() -> None:
     chat = chat_config(params, a.profile)
     section = inject(resolve(params, "tokenizer", a.profile), {"refusal_word": chat.refusal_word}, "tokenizer")
     tok = run(TokenizerConfig.from_dict(section, where="params.yaml:tokenizer"), a.source, a.out, chat)
-    word = chat.response_sep + chat.refusal_word
+    word = response(chat.response_sep, chat.refusal_word)
     print(f"vocab {len(tok)}; refusal word {word!r} -> id {refusal_token_id(tok, word)}")
 
 

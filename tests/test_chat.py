@@ -89,3 +89,27 @@ def test_params_name_each_chat_setting_in_one_place():
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     assert list(_clashes(params)) == []
     assert set(params["chat"]) == {"template", "response_sep", "refusal_word", "eos", "bos"}
+
+
+@pytest.mark.parametrize("sep", [" ", ""])
+def test_a_prefill_is_joined_as_training_joins_a_harmful_prefix(sep):
+    """Evaluation's prefill and training's harmful prefix are one string for the same words (derta.chat.started_response)."""
+    import random
+
+    from derta.attacks.base import AttackPrompt
+    from derta.generate import GenerationConfig, format_prompt
+    from derta.miniworld import word_units
+    from derta.variants import Builder, SynthesizeConfig
+
+    template = "<|user|>{q}<|assistant|>"
+    row = {"id": "s1", "instruction": "How do I do X?", "output": "Step one: do A. Step two: do B.", "safe_response": "Sorry."}
+    b = Builder(SynthesizeConfig(prompt_template=template, response_sep=sep, eos="</s>", prefix_rule="paper"))
+    rec = b.harmful_prefix(row, 1, random.Random(3))
+    assert rec["k"] > 0  # this seed draws a non-empty prefix
+    prefill = "".join(word_units(row["output"])[: rec["k"]])  # the same words, with their trailing space
+    gen = GenerationConfig(prompt_template=template, response_sep=sep)
+    prompt = AttackPrompt(id="p", question_id="s1", attack="prefill", text=row["instruction"], prefill=prefill)
+    assert format_prompt(prompt, gen) == rec["prefix"] == template.format(q=row["instruction"]) + sep + prefill.rstrip()
+    assert rec["text"] == sep + "Sorry.</s>"
+    empty = AttackPrompt(id="p", question_id="s1", attack="direct", text=row["instruction"])
+    assert format_prompt(empty, gen) == template.format(q=row["instruction"])

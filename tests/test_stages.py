@@ -180,7 +180,9 @@ LAGGING: dict[str, str] = {
                          "output, and AutoDAN's init option, autodan by default). AutoDAN's committed figures here were "
                          "searched with the fitness that scored \"Sure\" without the response separator (fixed in "
                          "derta/generate.py: the fitness now scores \" Sure\", the tokens a response starts with); on dev "
-                         "that fix takes vanilla's AutoDAN from 0-10% to 65-75% (docs/miniworld-formats.md)",
+                         "that fix takes vanilla's AutoDAN from 0-10% to 65-75% (docs/miniworld-formats.md); the joins of a prompt "
+                         "and a response (derta.chat.response, started_response) moved into one place since, which "
+                         "changes no output (the root's dvc.lock outs byte-identical)",
     "smollm2-135m": "code its stages read changed after its run without changing what they compute: derta/miniworld.py "
                     "gained the role-play grammar and code_encoding (a release source never reads them), "
                     "derta/validate.py was split into short functions (the root's validation reports byte-identical), "
@@ -193,8 +195,8 @@ LAGGING: dict[str, str] = {
                     "pretrain.packing (concat by default, blocks unchanged; a real base model is not pretrained), AutoDAN "
                     "the init option (autodan by default, its templates unchanged), and the log-likelihood that AutoDAN's "
                     "fitness reads puts the continuation after chat.response_sep (SmolLM2's is empty: its scores "
-                    "unchanged); make "
-                    "real re-runs the pipeline (47 min on 2 cores)",
+                    "unchanged), and the joins of a prompt and a response moved into derta.chat (response, "
+                    "started_response; no output changes); make real re-runs the pipeline (47 min on 2 cores)",
 }
 LOCKED = sorted(p.parent.name for p in (REPO / "runs").glob("*/dvc.lock"))
 

@@ -84,9 +84,10 @@ _SYNONYMS: dict[str, list[str]] = {
 }
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
+Init = Literal["autodan", "jailbreakchat", "both"]
 
 
-def seed_templates(init: str) -> list[str]:
+def seed_templates(init: Init) -> list[str]:
     """The initial templates of ``init`` (AutoDANConfig.init), each with one ``SLOT``."""
     own = list(SEED_TEMPLATES)
     jbc = [t.replace(jailbreakchat.SLOT, SLOT) for t in jailbreakchat.BUILTIN_TEMPLATES]
@@ -162,7 +163,7 @@ class AutoDANConfig(StepConfig):
         "Sure, here is how to {task}", description="affirmative opening whose log-likelihood is the fitness"
     )
     templates: list[str] = Field(default_factory=list, description=f"seed templates with a {SLOT} slot ([] = init's)")
-    init: Literal["autodan", "jailbreakchat", "both"] = Field(
+    init: Init = Field(
         "autodan", description="built-in seed templates when templates is empty: this module's own (autodan), the "
                                "JailbreakChat attack's (jailbreakchat; AutoDAN's paper starts from a DAN prompt of "
                                "jailbreakchat.com) or both")
