@@ -171,7 +171,12 @@ def test_dvc_status_after_editing_a_profile_shows_no_default_stage_changed(tmp_p
 
 # A profile whose committed results (reports/NAME/, runs/NAME/dvc.lock) are knowingly older than the code, and why.
 LAGGING: dict[str, str] = {
-    "miniworld-formats": "derta/miniworld.py gained the role-play grammar (roleplay_style, web_roleplay_docs) and the "
+    "miniworld-formats": "its params are now the setting measured on dev over three seeds (role-play grammar, facts "
+                         "8 times, code in one string, pages whole in 512-token blocks, 100 triples, short answers 3 "
+                         "times, PAIR 20 x 3 judged by the guideline judge, AutoDAN 32 x 20: "
+                         "reports/miniworld-formats-dev/roleplay-t100-whole512-code-string/), and its committed "
+                         "reports are the setting before them: make seeds SEEDS_ARGS=\"--profile miniworld-formats\" "
+                         "re-runs it (about 4 h on 2 cores). Before that, derta/miniworld.py gained the role-play grammar (roleplay_style, web_roleplay_docs) and the "
                          "code pages' encoding (code_encoding; both off here), and the source stage now depends on the "
                          "attack renderers the world writes with: the world's records are unchanged but its manifest "
                          "lists the new settings, so every stage re-runs (about 2 h on 2 cores); the committed reports "
