@@ -6,9 +6,9 @@ and ``dvc queue start --jobs N`` runs them, N at once, each in its own
 temporary workspace: the user's workspace and params.yaml are not touched.
 The seed's ``reports/summary.json`` is read from the experiment's commit, with
 each variant's helpfulness per question kind (from its ``eval/VARIANT/helpful.jsonl``
-in DVC's cache), and kept as ``reports/seeds/seed-S.json`` with the commit and params it ran from
-(a seed whose file came from the same commit and params is not rerun, so an
-interrupted run resumes; any other is). Then the mean and spread (population
+in DVC's cache), and kept as ``reports/seeds/seed-S.json`` with the commit and params it ran from as soon
+as that seed has finished (a seed whose file came from the same commit and params is not rerun, so an
+interrupted or partly failed run resumes; any other is). Then the mean and spread (population
 standard deviation) of every ASR and helpfulness figure go to
 ``reports/seeds/summary.json`` and ``reports/seeds/summary.md``, which ends
 with the plain-words findings (derta/findings.py) read on the mean. With every
@@ -191,8 +191,11 @@ def _holds(node: Any, want: Any) -> bool:
 
 
 def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s: float = 5.0,
-                pipeline: Pipeline | None = None) -> dict[int, dict[str, Any]]:
-    """Queue one experiment per seed, run them ``jobs`` at a time, return each one's ``reports/summary.json``."""
+                pipeline: Pipeline | None = None,
+                keep: Callable[[int, dict[str, Any]], None] = lambda seed, summary: None) -> dict[int, dict[str, Any]]:
+    """Queue one experiment per seed, run them ``jobs`` at a time, return each one's ``reports/summary.json``.
+    ``keep(seed, summary)`` is called as soon as that seed's experiment has succeeded, so a seed that fails
+    or a run that is stopped later loses none of the seeds that finished before it."""
     pipeline = pipeline or Pipeline()
     for s in seeds:
         forget(dvc, pipeline.name(s))
@@ -202,23 +205,42 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         os.environ["MLFLOW_TRACKING_URI"] = uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     create_store(uri)
-    names = {pipeline.name(s) for s in seeds}
+    seed_of = {pipeline.name(s): s for s in seeds}
+    done: dict[int, dict[str, Any]] = {}
+
+    unread: dict[str, str] = {}
+
+    def collect(name: str) -> None:  # an error here must not stop the seeds still running
+        try:
+            done[seed_of[name]] = read_experiment(name, pipeline)
+        except Exception as exc:  # noqa: BLE001 - reported with the failed seeds below
+            unread[name] = f"{type(exc).__name__}: {exc}"
+            return
+        keep(seed_of[name], done[seed_of[name]])
+
     try:
-        status = supervise(names, lambda n: _run(dvc, "queue", "start", "--jobs", str(n)), queue_status,
-                           jobs=jobs, timeout_s=timeout_s, poll_s=poll_s)
+        status = supervise(set(seed_of), lambda n: _run(dvc, "queue", "start", "--jobs", str(n)), queue_status,
+                           jobs=jobs, timeout_s=timeout_s, poll_s=poll_s, on_success=collect)
     except SystemExit:
-        _print_logs(dvc, sorted(names))
+        _print_logs(dvc, sorted(seed_of))
         raise
     finally:
         _run(dvc, "queue", "stop", check=False)
     failed = sorted(n for n, v in status.items() if v != "Success")
+    kept = f" (kept: seeds {sorted(done)})" if done else ""
     if failed:
         _print_logs(dvc, failed)
-        raise SystemExit(f"seeds failed: {failed}; see `dvc queue logs {failed[0]}`")
-    summary = pipeline.path("reports/summary.json")
-    commits = {s: exp_commit(pipeline.name(s)) for s in seeds}
-    return {s: add_helpfulness_by_kind(json.loads(_git("show", f"{c}:{summary}")), read_at(c), pipeline)
-            for s, c in commits.items()}
+        raise SystemExit(f"seeds failed: {failed}{kept}; see `dvc queue logs {failed[0]}`")
+    if unread:
+        raise SystemExit(f"seeds ran but their results could not be read: {unread}{kept}")
+    return done
+
+
+def read_experiment(name: str, pipeline: Pipeline) -> dict[str, Any]:
+    """The ``reports/summary.json`` of the finished experiment ``name``, with helpfulness per question kind."""
+    commit = exp_commit(name)
+    summary = json.loads(_git("show", f"{commit}:{pipeline.path('reports/summary.json')}"))
+    return add_helpfulness_by_kind(summary, read_at(commit), pipeline)
 
 
 def add_helpfulness_by_kind(summary: dict[str, Any], read: Callable[[str], str], pipeline: Pipeline) -> dict[str, Any]:
@@ -276,9 +298,10 @@ def queue_status(names: set[str]) -> dict[str, str]:
 
 
 def supervise(names: set[str], start: Callable[[int], object], status_of: Callable[[set[str]], dict[str, str]], *,
-              jobs: int = 1, timeout_s: float, poll_s: float = 5.0, idle_s: float = 60.0) -> dict[str, str]:
+              jobs: int = 1, timeout_s: float, poll_s: float = 5.0, idle_s: float = 60.0,
+              on_success: Callable[[str], object] = lambda name: None) -> dict[str, str]:
     """Start ``jobs`` queue workers (``start(n)`` starts n) and wait until no experiment of ``names`` is
-    queued or running.
+    queued or running; ``on_success(name)`` is called once for each experiment as soon as it has succeeded.
 
     DVC's workers sometimes exit, or never pick a task up, while experiments are still queued
     (treeverse/dvc#10562, #10829): when experiments stay queued with fewer than ``jobs`` running for
@@ -288,8 +311,12 @@ def supervise(names: set[str], start: Callable[[int], object], status_of: Callab
     start(jobs)
     begun = time.monotonic()
     idle_since: float | None = None
+    succeeded: set[str] = set()
     while True:
         status = status_of(names)
+        for name in sorted(n for n, v in status.items() if v == "Success" and n not in succeeded):
+            on_success(name)
+            succeeded.add(name)
         queued = [n for n, v in status.items() if v == "Queued"]
         running = [n for n, v in status.items() if v == "Running"]
         if len(status) == len(names) and not queued and not running:
@@ -391,10 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         threads = share_cores(a.jobs)
         print(f"[seeds] {min(a.jobs, len(todo))} experiment(s) at once, {threads} torch thread(s) each (DERTA_THREADS)",
               flush=True)
-        for s, summary in queue_seeds(todo, a.jobs, dvc, a.timeout, pipeline=pipeline).items():
-            summary = {"provenance": here, **summary}
-            write_json(out / f"seed-{s}.json", summary)
-            per_seed[s] = summary
+        def keep(seed: int, summary: dict[str, Any]) -> None:
+            per_seed[seed] = {"provenance": here, **summary}
+            write_json(out / f"seed-{seed}.json", per_seed[seed])
+            print(f"[seeds {time.strftime('%H:%M:%S')}] seed {seed} done: {out / f'seed-{seed}.json'}", flush=True)
+
+        queue_seeds(todo, a.jobs, dvc, a.timeout, pipeline=pipeline, keep=keep)
     agg = aggregate(dict(sorted(per_seed.items())))
     write_json(out / "summary.json", agg)
     write_text(out / "summary.md", markdown(agg))

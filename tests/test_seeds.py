@@ -302,6 +302,43 @@ def test_supervise_gives_up_after_its_timeout_naming_each_status():
         supervise({"seed-0"}, start, status, timeout_s=0, poll_s=0)
 
 
+def test_supervise_hands_over_each_experiment_once_as_soon_as_it_has_succeeded():
+    seen, start, status = _fake_queue({"seed-0": "Running", "seed-1": "Running"}, {"seed-0": "Success", "seed-1": "Running"},
+                                      {"seed-0": "Success", "seed-1": "Running"}, {"seed-0": "Success", "seed-1": "Success"})
+    handed = []
+    supervise({"seed-0", "seed-1"}, start, status, timeout_s=60, poll_s=0,
+              on_success=lambda name: handed.append((name, seen["polls"])))
+    assert handed == [("seed-0", 2), ("seed-1", 4)]  # seed-0 at the poll that first saw it done, not at the end
+
+
+def test_a_seed_that_fails_loses_none_of_the_seeds_that_finished(tmp_path, monkeypatch, capsys):
+    """Seed 0 succeeds while seed 1 is still running, then seed 1 fails: seed 0's file is written, with its
+    provenance, so a second `make seeds` runs seed 1 only."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("data: {seed: 0}\n")
+    monkeypatch.setenv("DERTA_THREADS", "1")
+    states = iter([{"seed-0": "Running", "seed-1": "Running"}, {"seed-0": "Success", "seed-1": "Running"},
+                   {"seed-0": "Success", "seed-1": "Failed"}])
+    last = {}
+    monkeypatch.setattr("steps.seeds.queue_status", lambda names: last.update(next(states, last)) or dict(last))
+    monkeypatch.setattr("steps.seeds._git", lambda *a: "c" * 40)
+    monkeypatch.setattr("steps.seeds._run", lambda *a, **k: None)
+    monkeypatch.setattr("steps.seeds.forget", lambda dvc, name: False)
+    monkeypatch.setattr("steps.seeds._print_logs", lambda dvc, names: None)
+    monkeypatch.setattr("steps.seeds.create_store", lambda uri: None)
+    monkeypatch.setattr("steps.seeds.time.sleep", lambda s: None)
+    read = []
+    monkeypatch.setattr("steps.seeds.read_experiment", lambda name, p: read.append(name) or _summary(40.0, 70.0, 1.0))
+    with pytest.raises(SystemExit, match=r"seeds failed: \['seed-1'\] \(kept: seeds \[0\]\)"):
+        seeds_main(["--seeds", "0", "1"])
+    assert read == ["seed-0"]
+    kept = json.loads((tmp_path / "reports" / "seeds" / "seed-0.json").read_text())
+    assert kept["provenance"] == provenance() and kept["variants"]["derta"]["asr"]["completingattack"] == 40.0
+    assert not (tmp_path / "reports" / "seeds" / "seed-1.json").exists()
+    assert reusable(tmp_path / "reports" / "seeds" / "seed-0.json", provenance()) == kept
+    assert "seed 0 done" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.timeout(1800)
