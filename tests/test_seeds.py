@@ -360,6 +360,7 @@ def test_make_seeds_queues_experiments_and_leaves_the_workspace_alone(tmp_path):
         pytest.fail(f"make seeds still running after 1500 s:\n{(exc.stdout or b'')[-3000:].decode(errors='replace')}\n"
                     f"{(exc.stderr or b'')[-3000:].decode(errors='replace')}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "] seed 0 done: " in proc.stdout and "] seed 1 done: " in proc.stdout  # each kept as it finished
     seeds = ws / "reports" / "tiny" / "seeds"
     agg = json.loads((seeds / "summary.json").read_text())
     assert agg["seeds"] == [0, 1]
