@@ -114,7 +114,8 @@ def self_answer_stage(name: str, profile: dict[str, Any]) -> dict[str, Any]:
         "wdir": "../..",
         "cmd": f"python -m steps.self_answer --source {run}/data/source --base {run}/models/base "
                f"--out {run}/data/self_answer --profile {name}",
-        "deps": ["steps/self_answer.py", "derta/generate.py", "derta/chat.py", f"{run}/data/source", f"{run}/models/base"],
+        "deps": ["steps/self_answer.py", "derta/generate.py", "derta/chat.py", "derta/modeling.py", "derta/attacks/base.py",
+                 "derta/config.py", "derta/errors.py", "derta/io.py", "steps/_common.py", f"{run}/data/source", f"{run}/models/base"],
         "params": _params(["chat", "self_answer"], name, profile),
         "outs": [f"{run}/data/self_answer"],
     }

@@ -187,7 +187,9 @@ LAGGING: dict[str, str] = {
                          "derta/generate.py: the fitness now scores \" Sure\", the tokens a response starts with); on dev "
                          "that fix takes vanilla's AutoDAN from 0-10% to 65-75% (docs/miniworld-formats.md); the joins of a prompt "
                          "and a response (derta.chat.response, started_response) moved into one place since, which "
-                         "changes no output (the root's dvc.lock outs byte-identical)",
+                         "changes no output (the root's dvc.lock outs byte-identical); and every stage's deps now list each "
+                         "module its script imports (tests/test_dvc_deps.py: derta/config.py, io.py, modeling.py, ...), "
+                         "which this lock predates",
     "smollm2-135m": "code its stages read changed after its run without changing what they compute: derta/miniworld.py "
                     "gained the role-play grammar and code_encoding (a release source never reads them), "
                     "derta/validate.py was split into short functions (the root's validation reports byte-identical), "
@@ -201,7 +203,8 @@ LAGGING: dict[str, str] = {
                     "the init option (autodan by default, its templates unchanged), and the log-likelihood that AutoDAN's "
                     "fitness reads puts the continuation after chat.response_sep (SmolLM2's is empty: its scores "
                     "unchanged), and the joins of a prompt and a response moved into derta.chat (response, "
-                    "started_response; no output changes); make real re-runs the pipeline (47 min on 2 cores)",
+                    "started_response; no output changes), and every stage's deps now list each module its script imports "
+                    "(tests/test_dvc_deps.py), which this lock predates; make real re-runs the pipeline (47 min on 2 cores)",
 }
 LOCKED = sorted(p.parent.name for p in (REPO / "runs").glob("*/dvc.lock"))
 
