@@ -415,15 +415,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             todo.append(s)
     if todo:
-        threads = share_cores(a.jobs)
-        print(f"[seeds] {min(a.jobs, len(todo))} experiment(s) at once, {threads} torch thread(s) each (DERTA_THREADS)",
-              flush=True)
+        jobs = min(a.jobs, len(todo))  # one seed left to run gets every core, not a share meant for --jobs
+        threads = share_cores(jobs)
+        print(f"[seeds] {jobs} experiment(s) at once, {threads} torch thread(s) each (DERTA_THREADS)", flush=True)
+
         def keep(seed: int, summary: dict[str, Any]) -> None:
             per_seed[seed] = {"provenance": here, **summary}
             write_json(out / f"seed-{seed}.json", per_seed[seed])
             print(f"[seeds {time.strftime('%H:%M:%S')}] seed {seed} done: {out / f'seed-{seed}.json'}", flush=True)
 
-        queue_seeds(todo, a.jobs, dvc, a.timeout, pipeline=pipeline, keep=keep)
+        queue_seeds(todo, jobs, dvc, a.timeout, pipeline=pipeline, keep=keep)
     agg = aggregate(dict(sorted(per_seed.items())))
     write_json(out / "summary.json", agg)
     write_text(out / "summary.md", markdown(agg))

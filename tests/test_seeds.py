@@ -1,6 +1,7 @@
 """Multi-seed runs: aggregation (fast); `make seeds` as queued DVC experiments, two at once (slow)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -311,24 +312,31 @@ def test_supervise_hands_over_each_experiment_once_as_soon_as_it_has_succeeded()
     assert handed == [("seed-0", 2), ("seed-1", 4)]  # seed-0 at the poll that first saw it done, not at the end
 
 
-def test_a_seed_that_fails_loses_none_of_the_seeds_that_finished(tmp_path, monkeypatch, capsys):
-    """Seed 0 succeeds while seed 1 is still running, then seed 1 fails: seed 0's file is written, with its
-    provenance, so a second `make seeds` runs seed 1 only."""
+def _fake_dvc(tmp_path, monkeypatch, *states):
+    """`make seeds` in ``tmp_path`` against a DVC queue whose status walks through ``states`` (the last one
+    repeats); returns the dvc commands it ran and the experiments it read."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("data: {seed: 0}\n")
-    monkeypatch.setenv("DERTA_THREADS", "1")
-    states = iter([{"seed-0": "Running", "seed-1": "Running"}, {"seed-0": "Success", "seed-1": "Running"},
-                   {"seed-0": "Success", "seed-1": "Failed"}])
-    last = {}
-    monkeypatch.setattr("steps.seeds.queue_status", lambda names: last.update(next(states, last)) or dict(last))
+    walk, last, seen = iter(states), {}, {"ran": [], "read": []}
+    monkeypatch.setattr("steps.seeds.queue_status", lambda names: last.update(next(walk, last)) or dict(last))
     monkeypatch.setattr("steps.seeds._git", lambda *a: "c" * 40)
-    monkeypatch.setattr("steps.seeds._run", lambda *a, **k: None)
+    monkeypatch.setattr("steps.seeds._run", lambda *a, **k: seen["ran"].append(a[1:]))
     monkeypatch.setattr("steps.seeds.forget", lambda dvc, name: False)
     monkeypatch.setattr("steps.seeds._print_logs", lambda dvc, names: None)
     monkeypatch.setattr("steps.seeds.create_store", lambda uri: None)
     monkeypatch.setattr("steps.seeds.time.sleep", lambda s: None)
-    read = []
-    monkeypatch.setattr("steps.seeds.read_experiment", lambda name, p: read.append(name) or _summary(40.0, 70.0, 1.0))
+    monkeypatch.setattr("steps.seeds.read_experiment",
+                        lambda name, p: seen["read"].append(name) or _summary(40.0, 70.0, 1.0))
+    return seen
+
+
+def test_a_seed_that_fails_loses_none_of_the_seeds_that_finished(tmp_path, monkeypatch, capsys):
+    """Seed 0 succeeds while seed 1 is still running, then seed 1 fails: seed 0's file is written, with its
+    provenance, so a second `make seeds` runs seed 1 only."""
+    monkeypatch.setenv("DERTA_THREADS", "1")
+    seen = _fake_dvc(tmp_path, monkeypatch, {"seed-0": "Running", "seed-1": "Running"},
+                     {"seed-0": "Success", "seed-1": "Running"}, {"seed-0": "Success", "seed-1": "Failed"})
+    read = seen["read"]
     with pytest.raises(SystemExit, match=r"seeds failed: \['seed-1'\] \(kept: seeds \[0\]\)"):
         seeds_main(["--seeds", "0", "1"])
     assert read == ["seed-0"]
@@ -337,6 +345,17 @@ def test_a_seed_that_fails_loses_none_of_the_seeds_that_finished(tmp_path, monke
     assert not (tmp_path / "reports" / "seeds" / "seed-1.json").exists()
     assert reusable(tmp_path / "reports" / "seeds" / "seed-0.json", provenance()) == kept
     assert "seed 0 done" in capsys.readouterr().out
+
+
+def test_the_seeds_left_to_run_share_the_cores_not_the_jobs_asked_for(tmp_path, monkeypatch):
+    """`--jobs 3` with one seed left to run (the others kept) starts one worker and gives it every core."""
+    monkeypatch.delenv("DERTA_THREADS", raising=False)
+    monkeypatch.setattr("steps.seeds.os.cpu_count", lambda: 4)
+    seen = _fake_dvc(tmp_path, monkeypatch, {"seed-0": "Running"}, {"seed-0": "Success"})
+    assert seeds_main(["--seeds", "0", "--jobs", "3"]) == 0
+    assert ("queue", "start", "--jobs", "1") in seen["ran"]
+    assert os.environ["DERTA_THREADS"] == "4"
+    monkeypatch.delenv("DERTA_THREADS")
 
 
 @pytest.mark.slow
