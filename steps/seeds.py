@@ -207,7 +207,6 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
     create_store(uri)
     seed_of = {pipeline.name(s): s for s in seeds}
     done: dict[int, dict[str, Any]] = {}
-
     unread: dict[str, str] = {}
 
     def collect(name: str) -> None:  # an error here must not stop the seeds still running
