@@ -192,10 +192,10 @@ def _holds(node: Any, want: Any) -> bool:
 
 def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s: float = 5.0,
                 pipeline: Pipeline | None = None,
-                keep: Callable[[int, dict[str, Any]], None] = lambda seed, summary: None) -> dict[int, dict[str, Any]]:
-    """Queue one experiment per seed, run them ``jobs`` at a time, return each one's ``reports/summary.json``.
-    ``keep(seed, summary)`` is called as soon as that seed's experiment has succeeded, so a seed that fails
-    or a run that is stopped later loses none of the seeds that finished before it."""
+                keep: Callable[[int, dict[str, Any]], None] = lambda seed, summary: None) -> None:
+    """Queue one experiment per seed and run them ``jobs`` at a time. ``keep(seed, summary)`` gets each one's
+    ``reports/summary.json`` as soon as that seed's experiment has succeeded, so a seed that fails or a run
+    that is stopped later loses none of the seeds that finished before it."""
     pipeline = pipeline or Pipeline()
     for s in seeds:
         forget(dvc, pipeline.name(s))
@@ -206,16 +206,17 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
         os.environ["MLFLOW_TRACKING_URI"] = uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     create_store(uri)
     seed_of = {pipeline.name(s): s for s in seeds}
-    done: dict[int, dict[str, Any]] = {}
+    done: list[int] = []
     unread: dict[str, str] = {}
 
     def collect(name: str) -> None:  # an error here must not stop the seeds still running
         try:
-            done[seed_of[name]] = read_experiment(name, pipeline)
+            summary = read_experiment(name, pipeline)
         except Exception as exc:  # noqa: BLE001 - reported with the failed seeds below
             unread[name] = f"{type(exc).__name__}: {exc}"
             return
-        keep(seed_of[name], done[seed_of[name]])
+        keep(seed_of[name], summary)
+        done.append(seed_of[name])
 
     try:
         status = supervise(set(seed_of), lambda n: _run(dvc, "queue", "start", "--jobs", str(n)), queue_status,
@@ -232,7 +233,6 @@ def queue_seeds(seeds: list[int], jobs: int, dvc: str, timeout_s: float, poll_s:
         raise SystemExit(f"seeds failed: {failed}{kept}; see `dvc queue logs {failed[0]}`")
     if unread:
         raise SystemExit(f"seeds ran but their results could not be read: {unread}{kept}")
-    return done
 
 
 def read_experiment(name: str, pipeline: Pipeline) -> dict[str, Any]:

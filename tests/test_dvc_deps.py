@@ -13,6 +13,7 @@ inside a function. Two rules keep that set to the code that can change the stage
 from __future__ import annotations
 
 import ast
+import functools
 import re
 
 import pytest
@@ -39,7 +40,8 @@ def _is_module(name: str) -> bool:
     return path is not None and not path.endswith("__init__.py")
 
 
-def imports(rel: str) -> set[str]:
+@functools.cache  # each file is read once, however many stages and profiles reach it
+def imports(rel: str) -> frozenset[str]:
     """The project modules the file ``rel`` imports anywhere in it (absolute imports: the project uses no other)."""
     out: set[str] = set()
     for node in ast.walk(ast.parse((REPO / rel).read_text(encoding="utf-8"))):
@@ -50,7 +52,7 @@ def imports(rel: str) -> set[str]:
             out.update(modules)
             if len(modules) < len(node.names):  # a name the package itself defines: its __init__ runs it
                 out.add(node.module)
-    return {m for m in out if m.split(".")[0] in PROJECT}
+    return frozenset(m for m in out if m.split(".")[0] in PROJECT)
 
 
 def code_of(script: str) -> set[str]:
