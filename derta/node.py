@@ -235,8 +235,8 @@ def enter_checkout() -> dict[str, str]:
     return {"directory": path}
 
 
-def _live_dvc(info: dict[str, Any]) -> bool:
-    """Whether an rwlock entry's pid is a running dvc process."""
+def live_dvc(info: dict[str, Any]) -> bool:
+    """Whether the pid of ``info`` (an rwlock entry, a DVC task's process file) is a running dvc process."""
     import psutil
 
     try:
@@ -251,7 +251,7 @@ def _drop_dead_entries(lock: dict[str, Any]) -> list[str]:
     for mode in ("read", "write"):
         for out, infos in list((lock.get(mode) or {}).items()):
             many = isinstance(infos, list)
-            keep = [i for i in (infos if many else [infos]) if _live_dvc(i)]
+            keep = [i for i in (infos if many else [infos]) if live_dvc(i)]
             removed += [f"{mode} {out} (pid {i.get('pid')}: {i.get('cmd')})" for i in (infos if many else [infos]) if i not in keep]
             if not keep:
                 del lock[mode][out]

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -312,6 +313,17 @@ def test_supervise_hands_over_each_experiment_once_as_soon_as_it_has_succeeded()
     assert handed == [("seed-0", 2), ("seed-1", 4)]  # seed-0 at the poll that first saw it done, not at the end
 
 
+def test_supervise_polls_less_often_the_longer_the_run_goes(monkeypatch):
+    """Each poll opens the repository (about half a second of CPU): every 5 s for three hours took 9% of a core."""
+    clock, sleeps = {"t": 0.0}, []
+    monkeypatch.setattr("steps.seeds.time.monotonic", lambda: clock["t"])
+    monkeypatch.setattr("steps.seeds.time.sleep", lambda s: sleeps.append(s) or clock.update(t=clock["t"] + s))
+    seen, start, status = _fake_queue(*[{"s0": "Running"}] * 300, {"s0": "Success"})
+    supervise({"s0"}, start, status, timeout_s=10**6, poll_s=5, max_poll_s=60)
+    assert sleeps[:30] == [5] * 30  # a short run is seen finishing within seconds
+    assert sleeps == sorted(sleeps) and sleeps[-1] == 60 and sum(s < 60 for s in sleeps) < 120
+
+
 def _fake_dvc(tmp_path, monkeypatch, *states):
     """`make seeds` in ``tmp_path`` against a DVC queue whose status walks through ``states`` (the last one
     repeats); returns the dvc commands it ran and the experiments it read."""
@@ -393,3 +405,57 @@ def test_make_seeds_queues_experiments_and_leaves_the_workspace_alone(tmp_path):
                            capture_output=True, text=True, check=True).stdout.split()
     assert {"tiny-seed-0", "tiny-seed-1"} <= set(names)
     assert {f.name: f.read_bytes() for f in (ws / "reports" / "seeds").glob("*")} == root_seeds  # the root's: untouched
+
+
+def _kill_everything_under(path):
+    """What the end of a session does to a run: every process working in ``path`` is killed, no clean-up."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cwd"]):
+        if proc.pid != os.getpid() and str(proc.info["cwd"] or "").startswith(str(path)):
+            proc.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_an_experiment_left_running_by_a_killed_run_is_marked_failed_and_removed(tmp_path, monkeypatch, capsys):
+    """Seen here (2026-12-06): a session's end killed the queue's workers and their experiments; DVC still showed
+    them "Running" with no worker, `dvc exp remove` could not remove them, and `make seeds` queued a second
+    attempt of the same name beside each. Now an attempt whose process is gone is marked failed and removed,
+    and one whose process runs stops `make seeds` (two runs of one experiment would race)."""
+    from steps.seeds import clear_stale, queue_status
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    monkeypatch.chdir(ws)
+    e = env()
+    dvc = str(VENV_BIN / "dvc")
+    run = lambda *a: subprocess.run(list(a), cwd=ws, env=e, check=True, capture_output=True, text=True)  # noqa: E731
+    run("git", "init", "-q")
+    run(dvc, "init", "-q")
+    (ws / "params.yaml").write_text("seed: 0\n")
+    (ws / "dvc.yaml").write_text("stages:\n  slow:\n    cmd: python -c \"import time; time.sleep(600)\" > out.txt\n"
+                                 "    params: [seed]\n    outs: [out.txt]\n")
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "a stage that runs for ten minutes")
+    run(dvc, "exp", "run", "--queue", "--name", "s-1", "-S", "seed=1")
+    # not captured: the worker it starts holds the pipes, and reading them would wait for the worker to end
+    subprocess.run([dvc, "queue", "start", "--jobs", "1"], cwd=ws, env=e, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):  # queue_status, not `dvc queue status`: asking for the workers takes 20 s when none answer
+            if queue_status({"s-1"}) == {"s-1": "Running"}:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"never ran: {queue_status({'s-1'})}")
+        with pytest.raises(SystemExit, match=r"s-1 is running \(process \d+\)"):
+            forget(dvc, "s-1")
+    finally:
+        _kill_everything_under(ws)
+    assert queue_status({"s-1"}) == {"s-1": "Running"}  # what DVC shows after the kill, with no worker left
+    assert forget(dvc, "s-1") is True
+    assert "s-1 was left running by a run that stopped" in capsys.readouterr().out
+    assert queue_status({"s-1"}) == {}
+    assert clear_stale("s-1") == 0 and forget(dvc, "s-1") is False
