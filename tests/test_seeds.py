@@ -234,6 +234,7 @@ COMMITTED_SEEDS = sorted(p.parent for p in REPO.glob("reports/**/summary.json") 
 
 def test_the_committed_seed_folders_are_all_found():
     assert REPO / "reports" / "miniworld-formats" / "seeds" in COMMITTED_SEEDS
+    assert REPO / "reports" / "miniworld-formats" / "seeds-f9fd546" in COMMITTED_SEEDS
     assert REPO / "reports" / "miniworld-formats-dev" / "firmer-pretraining" in COMMITTED_SEEDS
     assert REPO / "reports" / "miniworld-formats-dev" / "roleplay" in COMMITTED_SEEDS
     assert REPO / "reports" / "miniworld-formats-dev" / "roleplay-t100" in COMMITTED_SEEDS

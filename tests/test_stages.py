@@ -171,25 +171,6 @@ def test_dvc_status_after_editing_a_profile_shows_no_default_stage_changed(tmp_p
 
 # A profile whose committed results (reports/NAME/, runs/NAME/dvc.lock) are knowingly older than the code, and why.
 LAGGING: dict[str, str] = {
-    "miniworld-formats": "its params are now the setting measured on dev over three seeds (role-play grammar, facts "
-                         "8 times, code in one string, pages whole in 512-token blocks, 100 triples, short answers 3 "
-                         "times, PAIR 20 x 3 judged by the guideline judge, AutoDAN 32 x 20: "
-                         "reports/miniworld-formats-dev/roleplay-t100-whole512-code-string/), and its committed "
-                         "reports are the setting before them: make seeds SEEDS_ARGS=\"--profile miniworld-formats\" "
-                         "re-runs it (about 4 h on 2 cores). Before that, derta/miniworld.py gained the role-play grammar (roleplay_style, web_roleplay_docs) and the "
-                         "code pages' encoding (code_encoding; both off here), and the source stage now depends on the "
-                         "attack renderers the world writes with: the world's records are unchanged but its manifest "
-                         "lists the new settings, so every stage re-runs (about 2 h on 2 cores); the committed reports "
-                         "were made before it (and before pretrain.packing, concat by default, and the short-function "
-                         "splits of derta/loss.py, derta/train.py, derta/dpo.py, derta/validate.py and the guideline judge, which change no "
-                         "output, and AutoDAN's init option, autodan by default). AutoDAN's committed figures here were "
-                         "searched with the fitness that scored \"Sure\" without the response separator (fixed in "
-                         "derta/generate.py: the fitness now scores \" Sure\", the tokens a response starts with); on dev "
-                         "that fix takes vanilla's AutoDAN from 0-10% to 65-75% (docs/miniworld-formats.md); the joins of a prompt "
-                         "and a response (derta.chat.response, started_response) moved into one place since, which "
-                         "changes no output (the root's dvc.lock outs byte-identical); and every stage's deps now list each "
-                         "module its script imports (tests/test_dvc_deps.py: derta/config.py, io.py, modeling.py, ...), "
-                         "which this lock predates",
     "smollm2-135m": "code its stages read changed after its run without changing what they compute: derta/miniworld.py "
                     "gained the role-play grammar and code_encoding (a release source never reads them), "
                     "derta/validate.py was split into short functions (the root's validation reports byte-identical), "
