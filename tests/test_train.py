@@ -153,3 +153,50 @@ def test_pretraining_blocks_longer_than_the_model_positions_are_an_error(tmp_pat
 
     with pytest.raises(ConfigError, match="pretrain.block_size 1024 is longer than the model's max_position_embeddings 512"):
         run(PretrainConfig(block_size=1024), ModelConfig(), tmp_path, tmp_path, tmp_path / "out")
+
+
+def _padding_of_one_epoch(tiny, tmp_path, monkeypatch, **cfg):
+    """(padded cells, real tokens, examples seen) of one epoch over the tiny data, from the collator's batches."""
+    from derta.modeling import ModelConfig, build_model
+    from derta.train import encode_instances, train
+
+    _, tok, recs = tiny
+    seen = []
+    call = DeRTaCollator.__call__
+
+    def record(self, feats):
+        seen.append([len(f["input_ids"]) for f in feats])
+        return call(self, feats)
+
+    monkeypatch.setattr(DeRTaCollator, "__call__", record)
+    torch.set_num_threads(1)
+    model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                    num_key_value_heads=2), tok, seed=0)
+    examples = encode_instances(recs, tok, 192)
+    train(TrainConfig(epochs=1, total_batch_size=4, per_device_batch_size=4, refusal_word=" Sorry", seed=0, **cfg),
+          model, tok, examples, tmp_path)
+    return sum(max(b) * len(b) for b in seen), sum(map(sum, seen)), sum(map(len, seen)), len(examples)
+
+
+def test_group_by_length_batches_like_lengths_and_still_sees_every_example_once(tiny, tmp_path, monkeypatch):
+    rand_cells, rand_tokens, rand_n, n = _padding_of_one_epoch(tiny, tmp_path / "r", monkeypatch)
+    group_cells, group_tokens, group_n, _ = _padding_of_one_epoch(tiny, tmp_path / "g", monkeypatch, sampling="group_by_length")
+    assert rand_n == group_n == n and rand_tokens == group_tokens
+    assert group_cells < rand_cells
+    assert group_cells - group_tokens < 0.5 * (rand_cells - rand_tokens)
+
+
+def test_bf16_trains_on_cpu_and_saves_float32_weights(tiny, tmp_path):
+    from safetensors import safe_open
+
+    from derta.modeling import ModelConfig, build_model
+    from derta.train import encode_instances, train
+
+    _, tok, recs = tiny
+    model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                    num_key_value_heads=2), tok, seed=0)
+    s = train(TrainConfig(max_steps=2, total_batch_size=4, per_device_batch_size=4, refusal_word=" Sorry", bf16=True),
+              model, tok, encode_instances(recs, tok, 192), tmp_path)
+    assert s["global_step"] == 2 and s["train_loss"] > 0
+    with safe_open(str(tmp_path / "model" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
