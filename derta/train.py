@@ -54,7 +54,9 @@ class TrainConfig(StepConfig):
     sampling: Literal["random", "group_by_length"] = Field(
         "random",
         description="Batch order: random, or group_by_length: batches of like lengths (HF LengthGroupedSampler), "
-        "much less padding where short and long instances mix.",
+        "much less padding where short and long instances mix. Its loss is a batch's summed target loss over the "
+        "mean targets of an optimizer step (token_norm), so a target weighs the same in a batch of short instances "
+        "as in one of long ones, as it does on average in random batches.",
     )
     lr_scheduler: str = Field("cosine", description="Learning-rate schedule (HF name).")
     warmup_ratio: float = Field(0.03, description="Warm-up share of the steps.")
@@ -108,6 +110,17 @@ def encode_instances(records: list[dict[str, Any]], tokenizer, max_length: int) 
         labels = ([-100] * len(p) + t)[:max_length]
         out.append({"input_ids": ids, "labels": labels, "is_rto": r["safe"] == "true"})
     return out
+
+
+def token_norm(examples: list[dict[str, Any]], cfg: TrainConfig, ranks: int = 1) -> float:
+    """Mean loss targets of one rank's share of an optimizer step over an epoch: every shifted label that is
+    not -100, an RTO row's at ``cfg.rto_keep_ratio`` (the collator's expected draw)."""
+    targets = 0.0
+    for e in examples:
+        n = sum(1 for t in e["labels"][1:] if t != -100)
+        targets += n * cfg.rto_keep_ratio if e["is_rto"] else n
+    steps = math.ceil(len(examples) / cfg.total_batch_size)
+    return max(targets / (steps * ranks), 1.0)
 
 
 def pack_documents(texts: list[str], tokenizer, block_size: int, whole: bool = False) -> list[dict[str, Any]]:
@@ -230,6 +243,7 @@ def make_trainer_class():
         loss_impl = "logits"
         loss_chunk_size = 1024
         loss_is_scaled_for_ga = True  # compute_loss normalises by the accumulated token count
+        token_norm: float | None = None  # set: the loss is the summed target loss over this (see TrainConfig.sampling)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, is_rto = inputs.pop("labels"), inputs.pop("is_rto")
@@ -247,7 +261,9 @@ def make_trainer_class():
             acc["n_mle"] += int(out.n_mle_tokens)
             acc["n_rto"] += int(out.n_rto_tokens)
             loss = out.loss
-            if num_items_in_batch is not None and int(num_items_in_batch) > 0:
+            if self.token_norm:
+                loss = loss * (out.n_mle_tokens + out.n_rto_tokens) / self.token_norm
+            elif num_items_in_batch is not None and int(num_items_in_batch) > 0:
                 # Token mean over the whole accumulated (and, across ranks, gathered) batch.
                 loss = loss * (out.n_mle_tokens + out.n_rto_tokens) / num_items_in_batch
                 if self.args.average_tokens_across_devices and self.args.world_size > 1:
@@ -424,6 +440,8 @@ def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], ou
     trainer = trainer_cls(model=model, args=args, train_dataset=ds, data_collator=collator,
                           callbacks=[collator_epoch_callback(collator), live.trainer_callback(), *(callbacks or [])])
     trainer.loss_impl, trainer.loss_chunk_size = loss_impl, cfg.loss_chunk_size
+    if cfg.sampling == "group_by_length":
+        trainer.token_norm = token_norm(examples, cfg, args.world_size)
     resume = latest_checkpoint(out_dir) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=resume)
     return finish_training(trainer, cfg, tokenizer, out_dir, _train_summary(trainer, result, examples, cfg, stage, resume))

@@ -200,3 +200,31 @@ def test_bf16_trains_on_cpu_and_saves_float32_weights(tiny, tmp_path):
     assert s["global_step"] == 2 and s["train_loss"] > 0
     with safe_open(str(tmp_path / "model" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+
+
+def test_token_norm_is_the_mean_targets_of_an_optimizer_step():
+    from derta.train import token_norm
+
+    ex = [_feat([1, 2, 3, 4], [-100, 2, 3, 4], False),       # 3 targets once shifted
+          _feat([1, 2, 3], [-100, -100, 3], False),           # 1
+          _feat([1, 2, 3, 4, 5], [-100, 2, 3, 4, 5], True)]   # 4, kept at 0.5: 2 expected
+    cfg = TrainConfig(total_batch_size=2, per_device_batch_size=2, rto_keep_ratio=0.5)
+    assert token_norm(ex, cfg) == pytest.approx(6 / 2)         # two optimizer steps an epoch
+    assert token_norm(ex, cfg, ranks=2) == pytest.approx(6 / 4)
+
+
+def test_a_grouped_batch_loss_is_its_summed_target_loss_over_the_token_norm(tiny, tmp_path):
+    from derta.modeling import ModelConfig, build_model
+    from derta.train import encode_instances, make_trainer_class, training_arguments
+
+    _, tok, recs = tiny
+    model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                    num_key_value_heads=2), tok, seed=0)
+    cfg = TrainConfig(total_batch_size=4, per_device_batch_size=4, refusal_word=" Sorry")
+    trainer = make_trainer_class()(model=model, args=training_arguments(cfg, tmp_path, 4))
+    feats = [e for e in encode_instances(recs, tok, 192) if not e["is_rto"]][:4]
+    batch = DeRTaCollator(tok.pad_token_id, 0)(feats)
+    targets = int((batch["labels"][:, 1:] != -100).sum())
+    mean = trainer.compute_loss(model, dict(batch), num_items_in_batch=targets)
+    trainer.token_norm = 2.5 * targets
+    assert float(trainer.compute_loss(model, dict(batch), num_items_in_batch=targets)) == pytest.approx(float(mean) / 2.5, rel=1e-5)
