@@ -53,8 +53,8 @@ class TrainConfig(StepConfig):
     max_length: int = Field(192, description="Truncate instances to this many tokens (paper 1024 full / 512 LoRA).")
     sampling: Literal["random", "group_by_length"] = Field(
         "random",
-        description="Batch order: random, or group_by_length: batches of like lengths (HF LengthGroupedSampler), "
-        "much less padding where short and long instances mix. Its loss is a batch's summed target loss over the "
+        description="Batch order: random, or group_by_length: batches of like lengths in random order "
+        "(LengthBatchSampler), much less padding where short and long instances mix. Its loss is a batch's summed target loss over the "
         "mean targets of an optimizer step (token_norm), so a target weighs the same in a batch of short instances "
         "as in one of long ones, as it does on average in random batches.",
     )
@@ -121,6 +121,31 @@ def token_norm(examples: list[dict[str, Any]], cfg: TrainConfig, ranks: int = 1)
         targets += n * cfg.rto_keep_ratio if e["is_rto"] else n
     steps = math.ceil(len(examples) / cfg.total_batch_size)
     return max(targets / (steps * ranks), 1.0)
+
+
+class LengthBatchSampler:
+    """Training order whose consecutive ``batch_size`` slices are instances of like lengths, the slices in random
+    order: each epoch sorts the instances by length (ties in random order), cuts them into batches and shuffles
+    the batches. Seeded from (seed, epoch); the Trainer sets the epoch (``set_epoch``), so a resumed run draws
+    the same order. HF's LengthGroupedSampler instead runs each of its mega-batches from its longest batch
+    to its shortest, an order that repeats in every epoch."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        import torch
+
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = sorted(torch.randperm(len(self.lengths), generator=gen).tolist(), key=self.lengths.__getitem__)
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return iter([i for b in torch.randperm(len(batches), generator=gen).tolist() for i in batches[b]])
 
 
 def pack_documents(texts: list[str], tokenizer, block_size: int, whole: bool = False) -> list[dict[str, Any]]:
@@ -244,6 +269,10 @@ def make_trainer_class():
         loss_chunk_size = 1024
         loss_is_scaled_for_ga = True  # compute_loss normalises by the accumulated token count
         token_norm: float | None = None  # set: the loss is the summed target loss over this (see TrainConfig.sampling)
+        grouped_sampler = None  # set: the training order (a LengthBatchSampler)
+
+        def _get_train_sampler(self, train_dataset=None):
+            return self.grouped_sampler or super()._get_train_sampler(train_dataset)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, is_rto = inputs.pop("labels"), inputs.pop("is_rto")
@@ -308,7 +337,6 @@ def training_arguments(cfg: TrainConfig, out_dir: str | Path, n_examples: int):
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
-        train_sampling_strategy=cfg.sampling,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         weight_decay=cfg.weight_decay,
@@ -433,8 +461,6 @@ def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], ou
     check_world_size(args)
     ds = Dataset.from_list(examples)
     ds = ds.add_column("row", list(range(len(ds))))  # the RTO keep draw's key (DeRTaCollator)
-    if cfg.sampling == "group_by_length":  # the sampler's key (args.length_column_name)
-        ds = ds.add_column("length", [len(e["input_ids"]) for e in examples])
     collator = DeRTaCollator(tokenizer.pad_token_id, refusal_id, cfg.rto_keep_ratio, seed=cfg.seed)
     trainer_cls = make_trainer_class()
     trainer = trainer_cls(model=model, args=args, train_dataset=ds, data_collator=collator,
@@ -442,6 +468,8 @@ def train(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], ou
     trainer.loss_impl, trainer.loss_chunk_size = loss_impl, cfg.loss_chunk_size
     if cfg.sampling == "group_by_length":
         trainer.token_norm = token_norm(examples, cfg, args.world_size)
+        trainer.grouped_sampler = LengthBatchSampler([len(e["input_ids"]) for e in examples],
+                                                     cfg.per_device_batch_size, cfg.seed)
     resume = latest_checkpoint(out_dir) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=resume)
     return finish_training(trainer, cfg, tokenizer, out_dir, _train_summary(trainer, result, examples, cfg, stage, resume))

@@ -228,3 +228,21 @@ def test_a_grouped_batch_loss_is_its_summed_target_loss_over_the_token_norm(tiny
     mean = trainer.compute_loss(model, dict(batch), num_items_in_batch=targets)
     trainer.token_norm = 2.5 * targets
     assert float(trainer.compute_loss(model, dict(batch), num_items_in_batch=targets)) == pytest.approx(float(mean) / 2.5, rel=1e-5)
+
+
+def test_length_batch_sampler_groups_like_lengths_in_random_batch_order_seeded_by_epoch():
+    from derta.train import LengthBatchSampler
+
+    lengths = [(i * 37) % 101 + 1 for i in range(400)]
+    s = LengthBatchSampler(lengths, batch_size=8, seed=3)
+    first = list(s)
+    assert sorted(first) == list(range(400))
+    batches = [first[i : i + 8] for i in range(0, 400, 8)]
+    spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches)
+    assert all(hi <= lo2 for (_, hi), (lo2, _) in zip(spans, spans[1:]))  # each batch a slice of the sorted lengths
+    maxima = [max(lengths[i] for i in b) for b in batches]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)  # batches in random order
+    assert list(LengthBatchSampler(lengths, batch_size=8, seed=3)) == first
+    s.set_epoch(1)
+    assert list(s) != first and sorted(s) == list(range(400))
+    assert list(LengthBatchSampler(lengths, batch_size=8, seed=4)) != first
