@@ -247,6 +247,7 @@ def test_the_committed_seed_folders_are_all_found():
     assert REPO / "reports" / "miniworld-formats-dev" / "cheap-pre3" in COMMITTED_SEEDS
     assert REPO / "reports" / "miniworld-formats-dev" / "fast-bf16" in COMMITTED_SEEDS
     assert REPO / "reports" / "miniworld-formats-dev" / "fast-bf16-hf-grouped" in COMMITTED_SEEDS
+    assert REPO / "reports" / "miniworld-formats-dev" / "fast-bf16-grouped" in COMMITTED_SEEDS
 
 
 @pytest.mark.parametrize("folder", COMMITTED_SEEDS, ids=lambda p: str(p.relative_to(REPO)))
