@@ -81,14 +81,19 @@ def tiny(tmp_path_factory):
     return root, tok, data["derta"]
 
 
-def _run(tiny, out: Path):
+def _tiny_model(tok):
     from derta.modeling import ModelConfig, build_model
+
+    return build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                   num_key_value_heads=2), tok, seed=0)
+
+
+def _run(tiny, out: Path):
     from derta.train import encode_instances, train
 
     _, tok, recs = tiny
     torch.set_num_threads(1)
-    model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                    num_key_value_heads=2), tok, seed=0)
+    model = _tiny_model(tok)
     cfg = TrainConfig(epochs=1, max_steps=4, total_batch_size=8, per_device_batch_size=8, logging_steps=1,
                       learning_rate=1e-3, refusal_word=" Sorry", seed=0)
     return train(cfg, model, tok, encode_instances(recs, tok, cfg.max_length), out)
@@ -157,7 +162,6 @@ def test_pretraining_blocks_longer_than_the_model_positions_are_an_error(tmp_pat
 
 def _padding_of_one_epoch(tiny, tmp_path, monkeypatch, **cfg):
     """(padded cells, real tokens, examples seen) of one epoch over the tiny data, from the collator's batches."""
-    from derta.modeling import ModelConfig, build_model
     from derta.train import encode_instances, train
 
     _, tok, recs = tiny
@@ -170,8 +174,7 @@ def _padding_of_one_epoch(tiny, tmp_path, monkeypatch, **cfg):
 
     monkeypatch.setattr(DeRTaCollator, "__call__", record)
     torch.set_num_threads(1)
-    model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                    num_key_value_heads=2), tok, seed=0)
+    model = _tiny_model(tok)
     examples = encode_instances(recs, tok, 192)
     train(TrainConfig(epochs=1, total_batch_size=4, per_device_batch_size=4, refusal_word=" Sorry", seed=0, **cfg),
           model, tok, examples, tmp_path)
@@ -189,12 +192,10 @@ def test_group_by_length_batches_like_lengths_and_still_sees_every_example_once(
 def test_bf16_trains_on_cpu_and_saves_float32_weights(tiny, tmp_path):
     from safetensors import safe_open
 
-    from derta.modeling import ModelConfig, build_model
     from derta.train import encode_instances, train
 
     _, tok, recs = tiny
-    model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                    num_key_value_heads=2), tok, seed=0)
+    model = _tiny_model(tok)
     s = train(TrainConfig(max_steps=2, total_batch_size=4, per_device_batch_size=4, refusal_word=" Sorry", bf16=True),
               model, tok, encode_instances(recs, tok, 192), tmp_path)
     assert s["global_step"] == 2 and s["train_loss"] > 0
@@ -214,12 +215,10 @@ def test_token_norm_is_the_mean_targets_of_an_optimizer_step():
 
 
 def test_a_grouped_batch_loss_is_its_summed_target_loss_over_the_token_norm(tiny, tmp_path):
-    from derta.modeling import ModelConfig, build_model
     from derta.train import encode_instances, make_trainer_class, training_arguments
 
     _, tok, recs = tiny
-    model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                    num_key_value_heads=2), tok, seed=0)
+    model = _tiny_model(tok)
     cfg = TrainConfig(total_batch_size=4, per_device_batch_size=4, refusal_word=" Sorry")
     trainer = make_trainer_class()(model=model, args=training_arguments(cfg, tmp_path, 4))
     feats = [e for e in encode_instances(recs, tok, 192) if not e["is_rto"]][:4]
