@@ -13,6 +13,7 @@ import bisect
 import json
 import math
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -161,8 +162,8 @@ def pack_documents(texts: list[str], tokenizer, block_size: int, packing: str = 
     does not fit in the current block's room starts the next, so a document's beginning and its end are
     learned in one context (the blocks are then shorter, and the collator pads them); a document longer
     than a block is cut into whole blocks and its remainder starts the next one.
-    ``"fit"`` cuts what ``"whole"`` cuts but packs best-fit decreasing (:func:`_fitted_blocks`):
-    the blocks are nearly full, so an epoch has fewer of them and less padding.
+    ``"fit"`` cuts what ``"whole"`` cuts but packs best-fit decreasing, each block's pages in a seeded random
+    order (:func:`_fitted_blocks`): the blocks are nearly full, so an epoch has fewer of them and less padding.
     """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
@@ -197,13 +198,16 @@ def _fitted_blocks(docs: list[list[int]], block_size: int) -> list[list[int]]:
     """Best-fit decreasing: the pieces (documents, and the parts of a longer one cut as ``_whole_blocks`` cuts it),
     longest first, each into the open block with the least room that holds it (ties: the oldest), else a new one.
 
-    Deterministic: equal lengths keep the documents' order. A block holds its pieces in the order they went in.
+    A block then holds its pieces in a seeded random order, not in the order they went in: that order would start
+    every block with its longest page and never put a short one at a block's start, where fine-tuning puts every
+    instance (tried on the formats world, `dev` seed 0: helpfulness fell from about 80 to 9). Deterministic:
+    equal lengths keep the documents' order, and the shuffle's seed is fixed.
     """
     pieces: list[list[int]] = []
     for doc in docs:
         cut = len(doc) - len(doc) % block_size
         pieces += [doc[i : i + block_size] for i in range(0, cut, block_size)] + ([doc[cut:]] if cut < len(doc) else [])
-    blocks: list[list[int]] = []
+    blocks: list[list[list[int]]] = []  # each block's pieces
     rooms: list[tuple[int, int]] = []  # (room left, block index), sorted: the least room first
     for piece in sorted(pieces, key=len, reverse=True):
         at = bisect.bisect_left(rooms, (len(piece), -1))
@@ -212,10 +216,10 @@ def _fitted_blocks(docs: list[list[int]], block_size: int) -> list[list[int]]:
             room, b = block_size, len(blocks) - 1
         else:
             room, b = rooms.pop(at)
-        blocks[b] += piece
+        blocks[b].append(piece)
         if room > len(piece):
             bisect.insort(rooms, (room - len(piece), b))
-    return blocks
+    return [[t for piece in random.Random(b).sample(parts, len(parts)) for t in piece] for b, parts in enumerate(blocks)]
 
 
 @dataclass

@@ -33,8 +33,9 @@ class PretrainConfig(StepConfig):
                               "blocks; 'whole': a document that fits in a block is never cut (the mini-world's code and "
                               "cipher pages are longer than 128 tokens: with concat their question and answer are never "
                               "learned in one context), each goes into the current block or starts the next; 'fit': "
-                              "cut as 'whole', packed best-fit decreasing, so the blocks are nearly full (the formats "
-                              "world's web text: 2,874 blocks of 512 with 'whole', 2,443 with 'fit')")
+                              "cut as 'whole', packed best-fit decreasing, each block's pages then in a seeded random order, so the "
+                              "blocks are nearly full (the formats world's web text: 2,874 blocks of 512 with 'whole', "
+                              "2,443 with 'fit')")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for pretraining.")
 
 

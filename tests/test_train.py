@@ -166,6 +166,14 @@ def test_fit_packing_fills_blocks_longest_first_and_cuts_what_whole_cuts():
     assert all(len(b) <= 6 for b in fit) and len(fit) < len(whole)
 
 
+def test_fit_packing_does_not_start_every_block_with_its_longest_page():
+    # ten blocks of 7, each a 5-token page and a 2-token one: the pieces of a block in a seeded order, not longest first
+    blocks = _pack(["a bb ccc dddd", "a"] * 10, 7, "fit")
+    assert len(blocks) == 10 and all(sorted(b) == [0, 0, 1, 1, 2, 3, 4] for b in blocks)
+    assert {tuple(b[:2]) for b in blocks} == {(1, 0), (1, 2)}  # some blocks start with the short page, some with the long
+    assert blocks == _pack(["a bb ccc dddd", "a"] * 10, 7, "fit")  # deterministic
+
+
 def test_an_unknown_packing_is_an_error():
     with pytest.raises(ValueError, match="packing must be one of"):
         _pack(["a"], 4, "tight")
