@@ -8,12 +8,9 @@ collation (RTO relabelling, :func:`derta.loss.rto_labels`) plus one loss
 
 from __future__ import annotations
 
-import bisect
-
 import json
 import math
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -151,28 +148,19 @@ class LengthBatchSampler:
         return iter([i for b in torch.randperm(len(batches), generator=gen).tolist() for i in batches[b]])
 
 
-PACKINGS = ("concat", "whole", "fit")
-
-
-def pack_documents(texts: list[str], tokenizer, block_size: int, packing: str = "concat") -> list[dict[str, Any]]:
+def pack_documents(texts: list[str], tokenizer, block_size: int, whole: bool = False) -> list[dict[str, Any]]:
     """Documents, each ended with EOS, packed into training blocks of at most ``block_size`` tokens (pretraining).
 
-    ``packing="concat"`` concatenates them and cuts every ``block_size`` tokens (a document can straddle two
-    blocks; the remainder is dropped). ``"whole"`` never cuts a document that fits in a block: one that
+    ``whole=False`` concatenates them and cuts every ``block_size`` tokens (a document can straddle two
+    blocks; the remainder is dropped). ``whole=True`` never cuts a document that fits in a block: one that
     does not fit in the current block's room starts the next, so a document's beginning and its end are
     learned in one context (the blocks are then shorter, and the collator pads them); a document longer
     than a block is cut into whole blocks and its remainder starts the next one.
-    ``"fit"`` cuts what ``"whole"`` cuts but packs best-fit decreasing, each block's pages in a seeded random
-    order (:func:`_fitted_blocks`): the blocks are nearly full, so an epoch has fewer of them and less padding.
     """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
-    if packing not in PACKINGS:
-        raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
     docs = [chunk + [tokenizer.eos_token_id] for chunk in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    if packing == "fit":
-        blocks = _fitted_blocks(docs, block_size)
-    elif packing == "whole":
+    if whole:
         blocks = _whole_blocks(docs, block_size)
     else:
         ids = [t for d in docs for t in d]
@@ -192,34 +180,6 @@ def _whole_blocks(docs: list[list[int]], block_size: int) -> list[list[int]]:
             doc = doc[block_size:]
         current = current + doc
     return blocks + ([current] if current else [])
-
-
-def _fitted_blocks(docs: list[list[int]], block_size: int) -> list[list[int]]:
-    """Best-fit decreasing: the pieces (documents, and the parts of a longer one cut as ``_whole_blocks`` cuts it),
-    longest first, each into the open block with the least room that holds it (ties: the oldest), else a new one.
-
-    A block then holds its pieces in a seeded random order, not in the order they went in: that order would start
-    every block with its longest page and never put a short one at a block's start, where fine-tuning puts every
-    instance (tried on the formats world, `dev` seed 0: helpfulness fell from about 80 to 9). Deterministic:
-    equal lengths keep the documents' order, and the shuffle's seed is fixed.
-    """
-    pieces: list[list[int]] = []
-    for doc in docs:
-        cut = len(doc) - len(doc) % block_size
-        pieces += [doc[i : i + block_size] for i in range(0, cut, block_size)] + ([doc[cut:]] if cut < len(doc) else [])
-    blocks: list[list[list[int]]] = []  # each block's pieces
-    rooms: list[tuple[int, int]] = []  # (room left, block index), sorted: the least room first
-    for piece in sorted(pieces, key=len, reverse=True):
-        at = bisect.bisect_left(rooms, (len(piece), -1))
-        if at == len(rooms):
-            blocks.append([])
-            room, b = block_size, len(blocks) - 1
-        else:
-            room, b = rooms.pop(at)
-        blocks[b].append(piece)
-        if room > len(piece):
-            bisect.insort(rooms, (room - len(piece), b))
-    return [[t for piece in random.Random(b).sample(parts, len(parts)) for t in piece] for b, parts in enumerate(blocks)]
 
 
 @dataclass
@@ -312,9 +272,7 @@ def make_trainer_class():
         grouped_sampler = None  # set: the training order (a LengthBatchSampler)
 
         def _get_train_sampler(self, train_dataset=None):
-            if self.grouped_sampler is not None:
-                return self.grouped_sampler
-            return super()._get_train_sampler(train_dataset)
+            return self.grouped_sampler or super()._get_train_sampler(train_dataset)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, is_rto = inputs.pop("labels"), inputs.pop("is_rto")

@@ -28,14 +28,11 @@ class PretrainConfig(StepConfig):
     """Pretraining of the tiny base model."""
 
     block_size: int = Field(128, ge=1, description="Tokens per packed training block (at most the model's max_position_embeddings).")
-    packing: Literal["concat", "whole", "fit"] = Field(
+    packing: Literal["concat", "whole"] = Field(
         "concat", description="'concat': the web text cut every block_size tokens, a document may straddle two "
                               "blocks; 'whole': a document that fits in a block is never cut (the mini-world's code and "
                               "cipher pages are longer than 128 tokens: with concat their question and answer are never "
-                              "learned in one context), each goes into the current block or starts the next; 'fit': "
-                              "cut as 'whole', packed best-fit decreasing, each block's pages then in a seeded random order, so the "
-                              "blocks are nearly full (the formats world's web text: 2,874 blocks of 512 with 'whole', "
-                              "2,443 with 'fit')")
+                              "learned in one context)")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for pretraining.")
 
 
@@ -97,7 +94,7 @@ def run(cfg: PretrainConfig, model_cfg: ModelConfig, src_dir: str | Path, tokeni
                           f"max_position_embeddings {model_cfg.max_position_embeddings}")
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     docs = [r["text"] for r in read_jsonl(Path(src_dir) / "web.jsonl", {"text": str}, non_empty=["text"])]
-    examples = pack_documents(docs, tok, cfg.block_size, cfg.packing)
+    examples = pack_documents(docs, tok, cfg.block_size, whole=cfg.packing == "whole")
     model = build_model(model_cfg, tok, seed=tcfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
     summary = train(tcfg, model, tok, examples, out_dir)

@@ -128,55 +128,28 @@ class _WordTokenizer:
         return {"input_ids": [[len(w) for w in t.split()] for t in texts]}
 
 
-def _pack(texts, block, packing):
+def _pack(texts, block, whole):
     from derta.train import pack_documents
 
-    return [b["input_ids"] for b in pack_documents(texts, _WordTokenizer(), block, packing)]
+    return [b["input_ids"] for b in pack_documents(texts, _WordTokenizer(), block, whole=whole)]
 
 
 def test_concat_packing_cuts_documents_at_every_block():
     # 4 + 1 EOS, 3 + 1, 2 + 1 = 12 tokens: three blocks of 4, the second document straddles two
-    assert _pack(["a bb ccc dddd", "a bb ccc", "a bb"], 4, "concat") == [[1, 2, 3, 4], [0, 1, 2, 3], [0, 1, 2, 0]]
+    assert _pack(["a bb ccc dddd", "a bb ccc", "a bb"], 4, whole=False) == [[1, 2, 3, 4], [0, 1, 2, 3], [0, 1, 2, 0]]
 
 
 def test_whole_packing_never_cuts_a_document_that_fits_a_block():
-    blocks = _pack(["a bb ccc", "a bb ccc", "a", "a bb"], 6, "whole")
+    blocks = _pack(["a bb ccc", "a bb ccc", "a", "a bb"], 6, whole=True)
     assert blocks == [[1, 2, 3, 0], [1, 2, 3, 0, 1, 0], [1, 2, 0]]
     assert all(len(b) <= 6 for b in blocks)
 
 
 def test_whole_packing_cuts_a_longer_document_into_whole_blocks_and_keeps_every_token():
     texts = ["a", "a bb ccc dddd eeeee ffffff ggggggg"]  # 2 tokens, then 8: longer than a block of 3
-    blocks = _pack(texts, 3, "whole")
+    blocks = _pack(texts, 3, whole=True)
     assert blocks == [[1, 0], [1, 2, 3], [4, 5, 6], [7, 0]]
     assert sum(map(len, blocks)) == 10
-
-
-def test_fit_packing_fills_blocks_longest_first_and_cuts_what_whole_cuts():
-    # 2, 5, 2, 5 tokens (with EOS), blocks of 6: whole (next fit) needs 4 blocks, fit packs the 5s first
-    texts = ["a", "a bb ccc dddd", "a", "a bb ccc dddd"]
-    assert _pack(texts, 6, "whole") == [[1, 0], [1, 2, 3, 4, 0], [1, 0], [1, 2, 3, 4, 0]]
-    assert _pack(texts, 6, "fit") == [[1, 2, 3, 4, 0], [1, 2, 3, 4, 0], [1, 0, 1, 0]]
-    # a document longer than a block is cut into whole blocks; its remainder is packed like a document
-    long = ["a bb ccc dddd eeeee ffffff ggggggg", "a"]  # 8 tokens + EOS in blocks of 3, then 2
-    assert _pack(long, 3, "fit") == [[1, 2, 3], [4, 5, 6], [7, 0], [1, 0]]
-    many = texts * 7 + long
-    fit, whole = _pack(many, 6, "fit"), _pack(many, 6, "whole")
-    assert sorted(t for b in fit for t in b) == sorted(t for b in whole for t in b)  # every token, once
-    assert all(len(b) <= 6 for b in fit) and len(fit) < len(whole)
-
-
-def test_fit_packing_does_not_start_every_block_with_its_longest_page():
-    # ten blocks of 7, each a 5-token page and a 2-token one: the pieces of a block in a seeded order, not longest first
-    blocks = _pack(["a bb ccc dddd", "a"] * 10, 7, "fit")
-    assert len(blocks) == 10 and all(sorted(b) == [0, 0, 1, 1, 2, 3, 4] for b in blocks)
-    assert {tuple(b[:2]) for b in blocks} == {(1, 0), (1, 2)}  # some blocks start with the short page, some with the long
-    assert blocks == _pack(["a bb ccc dddd", "a"] * 10, 7, "fit")  # deterministic
-
-
-def test_an_unknown_packing_is_an_error():
-    with pytest.raises(ValueError, match="packing must be one of"):
-        _pack(["a"], 4, "tight")
 
 
 def test_pretraining_blocks_longer_than_the_model_positions_are_an_error(tmp_path):
