@@ -248,6 +248,10 @@ def test_the_committed_seed_folders_are_all_found():
     assert REPO / "reports" / "miniworld-formats-dev" / "fast-bf16" in COMMITTED_SEEDS
     assert REPO / "reports" / "miniworld-formats-dev" / "fast-bf16-hf-grouped" in COMMITTED_SEEDS
     assert REPO / "reports" / "miniworld-formats-dev" / "fast-bf16-grouped" in COMMITTED_SEEDS
+    assert REPO / "reports" / "miniworld-formats-dev" / "fast-bf16-grouped-seed0" in COMMITTED_SEEDS
+    assert REPO / "reports" / "miniworld-formats-dev" / "fast-bf16-grouped-seed1" in COMMITTED_SEEDS
+    assert REPO / "reports" / "miniworld-formats-dev" / "fast-bf16-grouped-fit-longest-first" in COMMITTED_SEEDS
+    assert REPO / "reports" / "miniworld-formats-dev" / "fast-bf16-grouped-fit" in COMMITTED_SEEDS
 
 
 @pytest.mark.parametrize("folder", COMMITTED_SEEDS, ids=lambda p: str(p.relative_to(REPO)))
