@@ -33,7 +33,8 @@ class DPOTrainConfig(StepConfig):
     lr_scheduler: str = Field("cosine", description="Learning-rate schedule (HF name).")
     warmup_ratio: float = Field(0.1, description="Warm-up share of the steps.")
     weight_decay: float = Field(0.0, description="AdamW weight decay.")
-    bf16: bool = Field(False, description="bf16 mixed precision (GPU profiles).")
+    bf16: bool = Field(False, description="bf16 mixed precision (GPU profiles; on a CPU without bf16 instructions "
+                       "it is emulated and far slower, and training warns: derta.train.cpu_bf16_warning).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass.")
     deepspeed: str = Field("", description="Path of a DeepSpeed config; empty = no DeepSpeed.")
     logging_steps: int = Field(5, description="Log every N optimizer steps.")
@@ -43,8 +44,9 @@ class DPOTrainConfig(StepConfig):
 def dpo_arguments(cfg: DPOTrainConfig, out_dir: str | Path):
     from trl import DPOConfig
 
-    from derta.train import _has_gpu, accumulation_steps, world_size
+    from derta.train import _has_gpu, accumulation_steps, warn_cpu_bf16, world_size
 
+    warn_cpu_bf16(cfg.bf16, "dpo")
     gpu = _has_gpu()
     return DPOConfig(
         output_dir=str(Path(out_dir) / "checkpoints"),

@@ -64,7 +64,8 @@ class TrainConfig(StepConfig):
     rto_keep_ratio: float = Field(1.0, description="Share of RTO positions kept as targets (paper: 0.05 full parameter, 1.0 LoRA).")
     refusal_word: str = Field("Sorry", description="The RTO target; must be a single token.")
     bf16: bool = Field(False, description="bf16 mixed precision (GPU profiles; on a CPU with bf16 instructions, "
-                       "autocast: a pretraining step of the formats world 0.95 -> 0.63 s at two threads).")
+                       "autocast: a pretraining step of the formats world 0.95 -> 0.63 s at two threads; on a CPU "
+                       "without them 1.05 -> 30.8 s, and training warns: see cpu_bf16_warning).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass.")
     deepspeed: str = Field("", description="Path of a DeepSpeed config (ZeRO-2/3); empty = no DeepSpeed.")
     loss_impl: Literal["logits", "chunked"] = Field("logits", description="logits: CE on the model's logits; chunked: memory-lean loss from hidden states and the LM head.")
@@ -272,7 +273,9 @@ def make_trainer_class():
         grouped_sampler = None  # set: the training order (a LengthBatchSampler)
 
         def _get_train_sampler(self, train_dataset=None):
-            return self.grouped_sampler or super()._get_train_sampler(train_dataset)
+            if self.grouped_sampler is not None:
+                return self.grouped_sampler
+            return super()._get_train_sampler(train_dataset)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, is_rto = inputs.pop("labels"), inputs.pop("is_rto")
@@ -327,6 +330,7 @@ def training_arguments(cfg: TrainConfig, out_dir: str | Path, n_examples: int):
     """
     from transformers import TrainingArguments
 
+    warn_cpu_bf16(cfg.bf16, "train")
     accum = accumulation_steps(cfg)
     gpu = _has_gpu()
     distributed = bool(cfg.deepspeed) or world_size() > 1
@@ -412,6 +416,29 @@ def _has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def cpu_bf16_warning(bf16: bool) -> str | None:
+    """Why bf16 is a poor choice here, or None. On a CPU without bf16 instructions (AVX512-BF16 or AMX) PyTorch
+    emulates bf16 autocast: one pretraining step of the formats world's model (8 x 512 tokens, two threads) took
+    30.8 s against 1.05 s in fp32 on an AMD EPYC with AVX2 only, and 0.63 s against 0.95 s on a CPU with
+    AVX512-BF16. The run is still correct, so this warns rather than refuses."""
+    import torch
+
+    if not bf16 or _has_gpu():
+        return None
+    native = [getattr(torch.cpu, f"_is_{isa}_supported", lambda: True)() for isa in ("avx512_bf16", "amx_tile")]
+    if any(native):
+        return None
+    return ("bf16 is set, but this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 autocast is emulated and "
+            "about 30 times slower than fp32 here; set bf16: false for this machine")
+
+
+def warn_cpu_bf16(bf16: bool, section: str) -> None:
+    import logging
+
+    if why := cpu_bf16_warning(bf16):
+        logging.getLogger(__name__).warning("%s: %s", section, why)
 
 
 def latest_checkpoint(out_dir: str | Path) -> str | None:

@@ -174,7 +174,10 @@ LAGGING: dict[str, str] = {
     "miniworld-formats": "derta/train.py, which its pretrain and train stages read, gained train.sampling with its "
                          "LengthBatchSampler and token_norm (only under group_by_length; random by default: the "
                          "batches and every model unchanged, as make run showed for the root lock) and a longer bf16 description after the "
-                         "run; its three eval seeds took 6 h 45 min on 2 cores, so it is not re-run for that",
+                         "run, then derta/findings.py the line on vanilla's plain refusals (its report's other lines unchanged) and "
+                         "train.py a not-None check on the grouped sampler and, with dpo.py, a warning for bf16 on a CPU without bf16 "
+                         "instructions (fp32 here: no output changes); its three eval seeds took 6 h 45 min on 2 "
+                         "cores, so it is not re-run for that",
     "smollm2-135m": "code its stages read changed after its run without changing what they compute: derta/miniworld.py "
                     "gained the role-play grammar and code_encoding (a release source never reads them), "
                     "derta/validate.py was split into short functions (the root's validation reports byte-identical), "
@@ -189,7 +192,10 @@ LAGGING: dict[str, str] = {
                     "fitness reads puts the continuation after chat.response_sep (SmolLM2's is empty: its scores "
                     "unchanged), and the joins of a prompt and a response moved into derta.chat (response, "
                     "started_response; no output changes), and every stage's deps now list each module its script imports "
-                    "(tests/test_dvc_deps.py), which this lock predates, and derta/train.py gained train.sampling (random by default); make real re-runs the pipeline (47 min on 2 cores)",
+                    "(tests/test_dvc_deps.py), which this lock predates, and derta/train.py gained train.sampling (random by default), "
+                    "and derta/findings.py the line on vanilla's plain refusals (a report line, no metric), and train.py "
+                    "and dpo.py the warning for bf16 on a CPU without bf16 instructions (no output changes); make real "
+                    "re-runs the pipeline (47 min on 2 cores)",
 }
 LOCKED = sorted(p.parent.name for p in (REPO / "runs").glob("*/dvc.lock"))
 

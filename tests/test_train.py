@@ -203,6 +203,27 @@ def test_bf16_trains_on_cpu_and_saves_float32_weights(tiny, tmp_path):
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
 
 
+@pytest.mark.parametrize(("avx512_bf16", "amx", "cuda", "warns"), [
+    (False, False, False, True),   # an AVX2-only CPU (AMD EPYC, 2026-12-07): emulated, 30x slower than fp32
+    (True, False, False, False),   # AVX512-BF16: native
+    (False, True, False, False),   # AMX: native
+    (False, False, True, False),   # a GPU trains in bf16 itself
+])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_before_training(monkeypatch, caplog, tmp_path, avx512_bf16, amx, cuda,
+                                                                      warns):
+    from derta.train import cpu_bf16_warning, training_arguments
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert (cpu_bf16_warning(True) is not None) is warns
+    assert cpu_bf16_warning(False) is None  # fp32: nothing to say
+    if not cuda:  # TrainingArguments(bf16=True) on a machine without CUDA is what this guards
+        with caplog.at_level("WARNING", logger="derta.train"):
+            training_arguments(TrainConfig(bf16=True, total_batch_size=4, per_device_batch_size=4), tmp_path, 8)
+        assert ("no bf16 instructions" in caplog.text) is warns
+
+
 def test_token_norm_is_the_mean_targets_of_an_optimizer_step():
     from derta.train import token_norm
 
